@@ -1,0 +1,146 @@
+"""Reading and writing EMO network checkpoints.
+
+Families:
+- `hallo`: Hallo's `net.pth` (or the same dict as .safetensors); prefixes reference_unet., denoising_unet.,
+  face_locator., imageproj., audioproj. Configuration from a `hallo_config` metadata entry, else the
+  official Hallo inference configuration. Key map: identity (our module paths are Hallo's).
+- `emo`: native single .safetensors written by :func:`save_native`, configuration in metadata `emo_config`.
+
+Never unpickles code: .pth/.pt/.ckpt/.bin load with `torch.load(weights_only=True)`.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+
+from .config import EmoNetConfig, hallo_preset
+from .errors import IncompatibleCheckpointError, MissingWeightsError
+from .hallo_config import config_from_hallo
+
+log = logging.getLogger(__name__)
+
+HALLO_PREFIXES = ("reference_unet.", "denoising_unet.", "face_locator.", "imageproj.", "audioproj.")
+NATIVE_FORMAT = "emo-native"
+PICKLE_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
+_SHOW = 8
+
+
+@dataclass
+class CheckpointInfo:
+    family: str
+    config: EmoNetConfig
+    reason: str
+
+
+def read_state_dict(path: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and string metadata of a checkpoint file (metadata is empty for pickle-format files)."""
+    if not os.path.isfile(path):
+        folder = os.path.dirname(os.path.abspath(path))
+        raise MissingWeightsError(f"checkpoint file '{os.path.basename(path)}' not found in '{folder}'; "
+                                  "put the model file there (see README: model files)")
+    if path.endswith(".safetensors"):
+        from safetensors import SafetensorError, safe_open
+        try:
+            with safe_open(path, framework="pt") as f:
+                return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
+        except (SafetensorError, OSError) as err:
+            raise IncompatibleCheckpointError(f"'{path}' is not a readable safetensors file: {err}") from err
+    if path.endswith(PICKLE_SUFFIXES):
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError... for untrusted files
+            raise IncompatibleCheckpointError(
+                f"'{path}' could not be read as plain tensors (weights_only=True refuses pickled code): {err}"
+            ) from err
+        if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
+            data = data["state_dict"]
+        if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
+            raise IncompatibleCheckpointError(f"'{path}' does not hold a flat dict of tensors")
+        return data, {}
+    raise IncompatibleCheckpointError(f"'{path}': unsupported checkpoint extension; use .safetensors or .pth")
+
+
+def detect_family(state: dict[str, torch.Tensor], metadata: dict[str, str]) -> CheckpointInfo:
+    """Decide which family a state dict belongs to, or say what it looks like instead."""
+    if metadata.get("format") == NATIVE_FORMAT or "emo_config" in metadata:
+        if "emo_config" not in metadata:
+            raise IncompatibleCheckpointError("native EMO file without its 'emo_config' metadata entry")
+        return CheckpointInfo("emo", EmoNetConfig.from_json(metadata["emo_config"]), "emo_config metadata")
+    prefixes = {k.split(".", 1)[0] + "." for k in state}
+    if {"reference_unet.", "denoising_unet."} <= prefixes:
+        if "hallo_config" in metadata:
+            return CheckpointInfo("hallo", config_from_hallo(json.loads(metadata["hallo_config"])),
+                                  "Hallo key prefixes + hallo_config metadata")
+        return CheckpointInfo("hallo", hallo_preset(), "Hallo key prefixes, official Hallo configuration")
+    raise IncompatibleCheckpointError(f"not an EMO or Hallo network checkpoint: {_describe(state)}; "
+                                      "load Hallo's net.pth or a native EMO .safetensors")
+
+
+def _describe(state: dict[str, torch.Tensor]) -> str:
+    keys = list(state)
+    has = lambda s: any(s in k for k in keys)  # noqa: E731
+    if not keys:
+        return "the file holds no tensors"
+    if has("model.diffusion_model."):
+        return "it looks like a Stable Diffusion checkpoint (ldm layout)"
+    if has("encoder.down.") or has("decoder.up."):
+        return "it looks like a VAE"
+    if has("feature_extractor.conv_layers") or has("encoder.layers.0.attention"):
+        return "it looks like a wav2vec2 audio encoder"
+    if has("motion_modules.") and "conv_in.weight" not in state:
+        return "it looks like an AnimateDiff motion module"
+    if "conv_in.weight" in state and has("down_blocks."):
+        return "it is a bare UNet without the reference_unet./denoising_unet. prefixes (SD 1.5 or EchoMimic part?)"
+    return f"unrecognised keys such as {keys[:3]}"
+
+
+def check_keys(model: torch.nn.Module, state: dict[str, torch.Tensor], family: str) -> None:
+    """Every checkpoint key must map to a model tensor of the same shape, and vice versa."""
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+              for k in sorted(set(state) & set(expected)) if tuple(state[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys (e.g. {missing[:_SHOW]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[:_SHOW]})")
+        if shapes:
+            parts.append(f"{len(shapes)} shape mismatches (e.g. {shapes[:_SHOW]})")
+        raise IncompatibleCheckpointError(f"checkpoint detected as family '{family}' does not fit that network: "
+                                          + "; ".join(parts))
+
+
+def load_network(path: str, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
+    """Load an EMO or Hallo checkpoint into an :class:`EmoNet` (built on the meta device, then filled)."""
+    from .network import EmoNet
+
+    state, metadata = read_state_dict(path)
+    info = detect_family(state, metadata)
+    with torch.device("meta"):
+        net = EmoNet(info.config)
+    check_keys(net, state, info.family)
+    net.load_state_dict(state, strict=True, assign=True)
+    net.to(device=device, dtype=dtype).eval()
+    log.info("loaded %s (%s family: %s) as %s on %s", os.path.basename(path), info.family, info.reason, dtype, device)
+    return net
+
+
+def save_native(net, path: str) -> None:
+    """Write the native EMO format: one .safetensors with the configuration in its metadata."""
+    from safetensors.torch import save_file
+
+    if not path.endswith(".safetensors"):
+        raise IncompatibleCheckpointError(f"native EMO files are .safetensors, got '{path}'")
+    state = {k: v.detach().contiguous().cpu() for k, v in net.state_dict().items()}
+    from . import __version__
+    metadata = {"format": NATIVE_FORMAT, "emo_config": net.config.to_json(), "emo_core_version": __version__}
+    tmp = f"{path}.partial"
+    save_file(state, tmp, metadata=metadata)
+    os.replace(tmp, path)  # never leave a half-written model file under the real name

@@ -1,0 +1,261 @@
+"""Typed configuration of the EMO network.
+
+One network, several checkpoint families: a family is an :class:`EmoNetConfig` (built by
+:func:`emo_preset`, :func:`hallo_preset` or read from a checkpoint) plus a key map, never a
+second copy of the modules. Defaults follow SD 1.5 and the EMO paper (arXiv 2402.17485, section 3).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from .errors import InvalidConfigError
+
+SD15_DOWN_BLOCKS = ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",)
+SD15_UP_BLOCKS = ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3
+FAMILIES = ("emo", "hallo")
+AUDIO_FORMS = ("single", "hierarchical")
+REFERENCE_ROWS = ("shared", "cfg_tiled")
+
+
+def _require(ok: bool, name: str, value: Any, what: str) -> None:
+    if not ok:
+        raise InvalidConfigError(f"config field {name}={value!r} is invalid: {what}")
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """Shape of the SD 1.5 UNet shared by ReferenceNet and the backbone.
+
+    `attention_heads` is SD's `attention_head_dim`: the number of heads (head width = channels // heads).
+    """
+    in_channels: int = 4
+    out_channels: int = 4
+    block_out_channels: tuple[int, ...] = (320, 640, 1280, 1280)
+    layers_per_block: int = 2
+    down_block_types: tuple[str, ...] = SD15_DOWN_BLOCKS
+    up_block_types: tuple[str, ...] = SD15_UP_BLOCKS
+    attention_heads: int = 8
+    cross_attention_dim: int = 768
+    norm_num_groups: int = 32
+    norm_eps: float = 1e-5
+
+    def validate(self) -> None:
+        n = len(self.block_out_channels)
+        _require(n >= 1, "unet.block_out_channels", self.block_out_channels, "need at least one level")
+        _require(len(self.down_block_types) == n, "unet.down_block_types", self.down_block_types,
+                 f"need one per level ({n})")
+        _require(len(self.up_block_types) == n, "unet.up_block_types", self.up_block_types,
+                 f"need one per level ({n})")
+        for c in self.block_out_channels:
+            _require(c % self.norm_num_groups == 0, "unet.block_out_channels", self.block_out_channels,
+                     f"every width must divide into norm_num_groups={self.norm_num_groups}")
+            _require(c % self.attention_heads == 0, "unet.attention_heads", self.attention_heads,
+                     f"must divide every block width {self.block_out_channels}")
+        _require(self.layers_per_block >= 1, "unet.layers_per_block", self.layers_per_block, "need >= 1")
+
+    def down_has_attention(self, level: int) -> bool:
+        return self.down_block_types[level].startswith("CrossAttn")
+
+    def up_has_attention(self, index: int) -> bool:
+        return self.up_block_types[index].startswith("CrossAttn")
+
+
+@dataclass(frozen=True)
+class MotionConfig:
+    """AnimateDiff temporal modules (mm_sd_v15 v2 layout).
+
+    `in_plain_blocks`: whether the attention-free down/up blocks apply their motion module. Hallo's
+    inference runs the gradient-checkpointed training path, which skips them there (its weights still
+    carry the modules), so the Hallo family sets it False.
+    """
+    heads: int = 8
+    num_blocks: int = 1
+    attention_blocks: int = 2
+    max_len: int = 32
+    resolutions: tuple[int, ...] = (1, 2, 4, 8)
+    mid_block: bool = True
+    decoder_only: bool = False
+    norm_num_groups: int = 32
+    in_plain_blocks: bool = True
+
+    def validate(self) -> None:
+        _require(self.heads >= 1, "motion.heads", self.heads, "need >= 1")
+        _require(self.max_len >= 2, "motion.max_len", self.max_len, "need >= 2")
+        _require(self.attention_blocks >= 1, "motion.attention_blocks", self.attention_blocks, "need >= 1")
+
+
+@dataclass(frozen=True)
+class AudioAttentionConfig:
+    """Audio-attention after each reference-attention.
+
+    `single`: EMO's one cross-attention to the audio tokens. `hierarchical`: Hallo's three
+    cross-attentions weighted by full/face/lip masks, zero-convs and motion_scale.
+    """
+    form: str = "single"
+    audio_dim: int = 768
+
+    def validate(self) -> None:
+        _require(self.form in AUDIO_FORMS, "audio_attention.form", self.form, f"choose one of {AUDIO_FORMS}")
+        _require(self.audio_dim >= 1, "audio_attention.audio_dim", self.audio_dim, "need >= 1")
+
+
+@dataclass(frozen=True)
+class WindowProjectionConfig:
+    """Windowed per-frame features -> tokens: (window x blocks x channels) -> MLP -> tokens x output_dim."""
+    window: int = 5
+    blocks: int = 12
+    channels: int = 768
+    intermediate_dim: int = 512
+    output_dim: int = 768
+    tokens: int = 32
+
+    def validate(self, name: str) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            _require(value >= 1, f"{name}.{f.name}", value, "need >= 1")
+        _require(self.window % 2 == 1, f"{name}.window", self.window, "must be odd (2m+1 frames)")
+
+
+@dataclass(frozen=True)
+class FaceLocatorConfig:
+    """Light conv encoder of the face-region mask; its output width is the UNet's first block width."""
+    conditioning_channels: int = 1
+    block_out_channels: tuple[int, ...] = (16, 32, 64, 128)
+
+    def validate(self) -> None:
+        _require(self.conditioning_channels in (1, 3), "face_locator.conditioning_channels",
+                 self.conditioning_channels, "EMO uses 1, Hallo 3")
+        _require(len(self.block_out_channels) >= 1, "face_locator.block_out_channels",
+                 self.block_out_channels, "need at least one width")
+
+
+@dataclass(frozen=True)
+class IdentityConfig:
+    """Hallo's identity tokens: a face embedding projected into the cross-attention slot."""
+    embedding_dim: int = 512
+    tokens: int = 4
+
+
+# EMO's speed buckets (section 3.3): centres and radii in rad/s of head rotation.
+DEFAULT_SPEED_CENTRES = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0)
+DEFAULT_SPEED_RADII = (0.125, 0.125, 0.125, 0.125, 0.25, 0.25, 0.5, 0.5, 1.0)
+
+
+@dataclass(frozen=True)
+class SpeedConfig:
+    """EMO speed layers: bucketed head speed, windowed, MLP, cross-attention in temporal modules."""
+    centres: tuple[float, ...] = DEFAULT_SPEED_CENTRES
+    radii: tuple[float, ...] = DEFAULT_SPEED_RADII
+    window: int = 5
+    intermediate_dim: int = 256
+    output_dim: int = 768
+    tokens: int = 4
+
+    def validate(self) -> None:
+        _require(len(self.centres) >= 1, "speed.centres", self.centres, "need at least one bucket")
+        _require(len(self.radii) == len(self.centres), "speed.radii", self.radii,
+                 f"need one radius per centre ({len(self.centres)})")
+        _require(all(r > 0 for r in self.radii), "speed.radii", self.radii, "radii must be > 0")
+        self.projection().validate("speed")
+
+    def projection(self) -> WindowProjectionConfig:
+        return WindowProjectionConfig(window=self.window, blocks=1, channels=len(self.centres),
+                                      intermediate_dim=self.intermediate_dim, output_dim=self.output_dim,
+                                      tokens=self.tokens)
+
+
+@dataclass(frozen=True)
+class EmoNetConfig:
+    """The whole network: backbone, ReferenceNet, conditioning encoders and clip settings.
+
+    `reference_rows`: how ReferenceNet rows are laid out under classifier-free guidance. `shared`
+    (EMO): one pass over [reference, motion frames] serves both CFG halves. `cfg_tiled` (Hallo):
+    the rows are tiled twice and the identity token sets tiled over them (see parity README).
+    """
+    family: str = "emo"
+    unet: UNetConfig = field(default_factory=UNetConfig)
+    motion: MotionConfig = field(default_factory=MotionConfig)
+    audio_attention: AudioAttentionConfig = field(default_factory=AudioAttentionConfig)
+    audio_projection: WindowProjectionConfig = field(default_factory=WindowProjectionConfig)
+    face_locator: FaceLocatorConfig = field(default_factory=FaceLocatorConfig)
+    identity: IdentityConfig | None = None
+    speed: SpeedConfig | None = field(default_factory=SpeedConfig)
+    clip_length: int = 12
+    motion_frames: int = 4
+    reference_rows: str = "shared"
+
+    def validate(self) -> EmoNetConfig:
+        _require(self.family in FAMILIES, "family", self.family, f"choose one of {FAMILIES}")
+        _require(self.reference_rows in REFERENCE_ROWS, "reference_rows", self.reference_rows,
+                 f"choose one of {REFERENCE_ROWS}")
+        _require(self.clip_length >= 1, "clip_length", self.clip_length, "need >= 1")
+        _require(self.motion_frames >= 0, "motion_frames", self.motion_frames, "need >= 0")
+        _require(self.clip_length + self.motion_frames <= self.motion.max_len, "clip_length",
+                 self.clip_length, f"clip_length + motion_frames must fit motion.max_len={self.motion.max_len}")
+        _require(self.audio_projection.output_dim == self.audio_attention.audio_dim,
+                 "audio_projection.output_dim", self.audio_projection.output_dim,
+                 f"must equal audio_attention.audio_dim={self.audio_attention.audio_dim}")
+        self.unet.validate()
+        self.motion.validate()
+        self.audio_attention.validate()
+        self.audio_projection.validate("audio_projection")
+        self.face_locator.validate()
+        if self.speed is not None:
+            self.speed.validate()
+        return self
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> EmoNetConfig:
+        try:
+            data = json.loads(text)
+            return _from_dict(cls, data).validate()
+        except (TypeError, KeyError, ValueError, AttributeError) as err:
+            if isinstance(err, InvalidConfigError):
+                raise
+            raise InvalidConfigError(f"the stored EMO configuration cannot be read: {err}") from err
+
+
+_NESTED = {"unet": UNetConfig, "motion": MotionConfig, "audio_attention": AudioAttentionConfig,
+           "audio_projection": WindowProjectionConfig, "face_locator": FaceLocatorConfig,
+           "identity": IdentityConfig, "speed": SpeedConfig}
+
+
+def _from_dict(cls, data: dict) -> Any:
+    kwargs = {}
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise InvalidConfigError(f"unknown configuration fields {sorted(unknown)} for {cls.__name__}")
+    for key, value in data.items():
+        if key in _NESTED and cls is EmoNetConfig:
+            value = None if value is None else _from_dict(_NESTED[key], value)
+        elif isinstance(value, list):
+            value = tuple(value)
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def emo_preset(**overrides: Any) -> EmoNetConfig:
+    """EMO as in the paper: f=12, n=4, single audio attention, 1-channel face locator, speed layers."""
+    return dataclasses.replace(EmoNetConfig(), **overrides).validate()
+
+
+def hallo_preset(**overrides: Any) -> EmoNetConfig:
+    """The official Hallo inference configuration (SD 1.5 + configs/inference/default.yaml)."""
+    base = EmoNetConfig(
+        family="hallo",
+        motion=MotionConfig(in_plain_blocks=False),
+        audio_attention=AudioAttentionConfig(form="hierarchical", audio_dim=768),
+        audio_projection=WindowProjectionConfig(window=5, blocks=12, channels=768, intermediate_dim=512,
+                                                output_dim=768, tokens=32),
+        face_locator=FaceLocatorConfig(conditioning_channels=3, block_out_channels=(16, 32, 64, 128)),
+        identity=IdentityConfig(embedding_dim=512, tokens=4),
+        speed=None, clip_length=16, motion_frames=2, reference_rows="cfg_tiled",
+    )
+    return dataclasses.replace(base, **overrides).validate()

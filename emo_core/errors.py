@@ -1,0 +1,25 @@
+"""Typed errors of emo_core. Every message says what was wrong, the value seen and what to do."""
+
+
+class EmoError(Exception):
+    """Base class of every error emo_core raises on purpose."""
+
+
+class InvalidInputError(EmoError, ValueError):
+    """An input value (tensor shape, number, option) is outside what the model accepts."""
+
+
+class InvalidConfigError(EmoError, ValueError):
+    """A configuration field has a value the network cannot be built with."""
+
+
+class MissingWeightsError(EmoError, FileNotFoundError):
+    """A model file is not where it was looked for."""
+
+
+class IncompatibleCheckpointError(EmoError):
+    """A checkpoint does not belong to the family or shape it was loaded as."""
+
+
+class MissingDependencyError(EmoError, ImportError):
+    """An optional Python package is not installed."""

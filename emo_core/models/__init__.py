@@ -1,0 +1,1 @@
+"""Network modules of emo_core (plain torch + diffusers building blocks)."""

@@ -1,0 +1,161 @@
+"""Spatial attention of the backbone: reference-attention and audio-attention.
+
+Built from diffusers' `Attention` (SDPA processor) and `FeedForward`; parameter names follow the
+Hallo / SD 1.5 layout so checkpoints load with an identity key map. Token layouts are row-major
+(y, x), so any latent height and width work.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from diffusers.models.attention import FeedForward
+from diffusers.models.attention_processor import Attention
+from torch import nn
+
+from ..errors import InvalidInputError
+
+
+def conv1x1_tokens(conv: nn.Conv2d, tokens: torch.Tensor) -> torch.Tensor:
+    """Apply a 1x1 conv to (batch, tokens, channels) as the linear map it is (no square reshape)."""
+    return F.linear(tokens, conv.weight.flatten(1), conv.bias)
+
+
+def _attention(dim: int, heads: int, cross_dim: int | None = None) -> Attention:
+    # SD/Hallo attention: no q/k/v bias, biased output projection, scale head_dim ** -0.5.
+    return Attention(query_dim=dim, cross_attention_dim=cross_dim, heads=heads, dim_head=dim // heads, bias=False)
+
+
+class ReferenceTransformerBlock(nn.Module):
+    """SD transformer block whose self-attention also attends to ReferenceNet tokens.
+
+    attn1: queries are the frame tokens; keys/values are the frame tokens followed by the reference
+    tokens for rows that use them (rows without them - the unconditional CFG half - do plain
+    self-attention). attn2: cross-attention to identity tokens. Then the GEGLU feed-forward.
+    `reference_key` is this block's module path; ReferenceNet records under the same name.
+    """
+
+    def __init__(self, dim: int, heads: int, cross_attention_dim: int | None):
+        super().__init__()
+        self.reference_key = ""
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn1 = _attention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim) if cross_attention_dim else None
+        self.attn2 = _attention(dim, heads, cross_attention_dim) if cross_attention_dim else None
+        self.norm3 = nn.LayerNorm(dim)
+        self.ff = FeedForward(dim, activation_fn="geglu")
+
+    def forward(self, x: torch.Tensor, context: torch.Tensor | None, reference: torch.Tensor | None,
+                reference_rows: torch.Tensor | None) -> torch.Tensor:
+        """x: (rows, tokens, dim); context: (rows, T, D); reference: (rows, R, dim); reference_rows: (rows,) bool."""
+        normed = self.norm1(x)
+        x = x + self._reference_attention(normed, reference, reference_rows)
+        if self.attn2 is not None and context is not None:
+            x = x + self.attn2(self.norm2(x), encoder_hidden_states=context)
+        return x + self.ff(self.norm3(x))
+
+    def _reference_attention(self, normed, reference, rows):
+        if reference is None or rows is None or not bool(rows.any()):
+            return self.attn1(normed)
+        if bool(rows.all()):
+            return self.attn1(normed, encoder_hidden_states=torch.cat([normed, reference], dim=1))
+        out = torch.empty_like(normed)
+        out[rows] = self.attn1(normed[rows], encoder_hidden_states=torch.cat([normed[rows], reference[rows]], 1))
+        out[~rows] = self.attn1(normed[~rows])
+        return out
+
+
+class SpatialTransformer(nn.Module):
+    """GroupNorm -> 1x1 proj_in -> ReferenceTransformerBlock -> 1x1 proj_out -> residual, per frame."""
+
+    def __init__(self, channels: int, heads: int, cross_attention_dim: int | None, groups: int):
+        super().__init__()
+        inner = heads * (channels // heads)
+        self.norm = nn.GroupNorm(groups, channels, eps=1e-6)
+        self.proj_in = nn.Conv2d(channels, inner, 1)
+        self.transformer_blocks = nn.ModuleList([ReferenceTransformerBlock(inner, heads, cross_attention_dim)])
+        self.proj_out = nn.Conv2d(inner, channels, 1)
+
+    def forward(self, x: torch.Tensor, context, reference, reference_rows) -> torch.Tensor:
+        """x: (rows, C, h, w) with rows = batch * frames."""
+        rows, _, h, w = x.shape
+        tokens = self.proj_in(self.norm(x)).flatten(2).transpose(1, 2)
+        for block in self.transformer_blocks:
+            tokens = block(tokens, context, reference, reference_rows)
+        return self.proj_out(tokens.transpose(1, 2).reshape(rows, -1, h, w)) + x
+
+
+class AudioBlock(nn.Module):
+    """Self-attention over the frame's tokens, audio cross-attention, feed-forward.
+
+    `single` form (EMO): one cross-attention `attn2`. `hierarchical` form (Hallo): `attn2_0/1/2`
+    gated by full/face/lip masks, each through a 1x1 zero-conv and weighted by motion_scale.
+    """
+
+    def __init__(self, dim: int, heads: int, head_dim: int, audio_dim: int, form: str):
+        super().__init__()
+        self.form = form
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn1 = Attention(query_dim=dim, heads=heads, dim_head=head_dim, bias=False)
+        self.norm2 = nn.LayerNorm(dim)
+        cross = lambda: Attention(query_dim=dim, cross_attention_dim=audio_dim, heads=heads,  # noqa: E731
+                                  dim_head=head_dim, bias=False)
+        if form == "hierarchical":
+            self.attn2_0, self.attn2_1, self.attn2_2 = cross(), cross(), cross()
+            self.zero_conv_full = nn.Conv2d(dim, dim, 1)
+            self.zero_conv_face = nn.Conv2d(dim, dim, 1)
+            self.zero_conv_lip = nn.Conv2d(dim, dim, 1)
+        else:
+            self.attn2 = cross()
+        self.norm3 = nn.LayerNorm(dim)
+        self.ff = FeedForward(dim, activation_fn="geglu")
+
+    def forward(self, x, audio, masks, motion_scale):
+        """x: (rows, L, dim); audio: (rows, T, A); masks: (full, face, lip) each (rows, L) or None."""
+        x = x + self.attn1(self.norm1(x))
+        normed = self.norm2(x)
+        if self.form == "single":
+            x = x + self.attn2(normed, encoder_hidden_states=audio)
+        else:
+            x = x + self._hierarchical(normed, audio, masks, motion_scale)
+        return x + self.ff(self.norm3(x))
+
+    def _hierarchical(self, normed, audio, masks, motion_scale):
+        if masks is None:
+            raise InvalidInputError("this checkpoint's audio attention is hierarchical (Hallo) and needs "
+                                    "full/face/lip masks; none were given")
+        branches = ((self.attn2_0, self.zero_conv_full), (self.attn2_1, self.zero_conv_face),
+                    (self.attn2_2, self.zero_conv_lip))
+        total = 0
+        for i, ((attn, conv), mask) in enumerate(zip(branches, masks)):
+            out = conv1x1_tokens(conv, attn(normed, encoder_hidden_states=audio) * mask[:, :, None])
+            total = total + (out if motion_scale is None else motion_scale[i] * out)
+        return total
+
+
+class AudioModule(nn.Module):
+    """Per-frame audio-attention layer placed after each spatial transformer.
+
+    Hallo quirk kept for checkpoint compatibility: the inner width is heads * (in_channels // heads)
+    where `in_channels` is the layer's input width, while the module maps `channels` in and out.
+    `depth` selects the mask level: down i -> i, mid -> 3, up i -> 3 - i.
+    """
+
+    def __init__(self, channels: int, in_channels: int, heads: int, audio_dim: int, groups: int,
+                 form: str, depth: int):
+        super().__init__()
+        head_dim = in_channels // heads
+        inner = heads * head_dim
+        self.depth = depth
+        self.norm = nn.GroupNorm(groups, channels, eps=1e-6)
+        self.proj_in = nn.Conv2d(channels, inner, 1)
+        self.transformer_blocks = nn.ModuleList([AudioBlock(inner, heads, head_dim, audio_dim, form)])
+        self.proj_out = nn.Conv2d(inner, channels, 1)
+
+    def forward(self, x, audio, masks, motion_scale):
+        """x: (rows, C, h, w); audio: (rows, T, A); masks: per-level lists of (rows, h*w) or None."""
+        rows, _, h, w = x.shape
+        level = None if masks is None else tuple(m[self.depth] for m in masks)
+        tokens = self.proj_in(self.norm(x)).flatten(2).transpose(1, 2)
+        for block in self.transformer_blocks:
+            tokens = block(tokens, audio, level, motion_scale)
+        return self.proj_out(tokens.transpose(1, 2).reshape(rows, -1, h, w)) + x

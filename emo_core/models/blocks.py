@@ -1,0 +1,140 @@
+"""Down, mid and up blocks of the backbone.
+
+Each layer is: resnet -> spatial transformer (reference-attention + identity cross-attention) ->
+audio module -> motion module (motion frames in front). diffusers' ResnetBlock2D, Downsample2D and
+Upsample2D run per frame on (batch * frames, C, h, w).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from diffusers.models.resnet import Downsample2D, ResnetBlock2D, Upsample2D
+from einops import rearrange
+from torch import nn
+
+from ..config import EmoNetConfig
+from .attention import AudioModule, SpatialTransformer
+from .conditions import LayerInputs
+from .motion import MotionModule
+
+
+@dataclass(frozen=True)
+class BlockSpec:
+    """Static description of one block, derived from the config."""
+    in_channels: int
+    out_channels: int
+    num_layers: int
+    attention: bool
+    motion: bool
+    depth: int
+    resample: bool
+    prev_channels: int = 0
+
+
+def flat(x: torch.Tensor) -> torch.Tensor:
+    return rearrange(x, "b c f h w -> (b f) c h w")
+
+
+def unflat(x: torch.Tensor, frames: int) -> torch.Tensor:
+    return rearrange(x, "(b f) c h w -> b c f h w", f=frames)
+
+
+class _LayerStack(nn.Module):
+    """Shared per-layer logic: attention, audio and motion after a resnet."""
+
+    def _build_layers(self, cfg: EmoNetConfig, spec: BlockSpec, audio_in: list[int], with_motion: bool):
+        u = cfg.unet
+        speed_dim = cfg.speed.output_dim if cfg.speed is not None else None
+        n = len(audio_in)
+        self.attentions = nn.ModuleList(
+            [SpatialTransformer(spec.out_channels, u.attention_heads, u.cross_attention_dim, u.norm_num_groups)
+             for _ in range(n)] if spec.attention else [])
+        self.audio_modules = nn.ModuleList(
+            [AudioModule(spec.out_channels, c_in, u.attention_heads, cfg.audio_attention.audio_dim,
+                         u.norm_num_groups, cfg.audio_attention.form, spec.depth) for c_in in audio_in]
+            if spec.attention else [])
+        self.motion_modules = nn.ModuleList(
+            [MotionModule(spec.out_channels, cfg.motion, speed_dim) for _ in range(n)] if with_motion else [])
+        self.apply_plain_motion = cfg.motion.in_plain_blocks
+
+    def _after_resnet(self, j: int, x: torch.Tensor, inputs: LayerInputs) -> torch.Tensor:
+        """x: (b, C, F, h, w) after layer j's resnet -> after its attention, audio and motion modules."""
+        frames, h, w = x.shape[2], x.shape[3], x.shape[4]
+        motion = None
+        if self.attentions:
+            attn = self.attentions[j]
+            ref = rows = None
+            if inputs.reference is not None:
+                ref, rows, motion = inputs.reference.for_block(attn.reference_key, frames, h, w)
+            y = attn(flat(x), inputs.context, ref, rows)
+            if self.audio_modules:
+                y = self.audio_modules[j](y, inputs.audio, inputs.masks, inputs.motion_scale)
+            x = unflat(y, frames)
+        elif not self.apply_plain_motion:
+            return x
+        if self.motion_modules:
+            x = self.motion_modules[j](x, motion, inputs.speed)
+        return x
+
+
+def _resnet(cfg: EmoNetConfig, c_in: int, c_out: int, temb: int) -> ResnetBlock2D:
+    u = cfg.unet
+    return ResnetBlock2D(in_channels=c_in, out_channels=c_out, temb_channels=temb, eps=u.norm_eps,
+                         groups=u.norm_num_groups, non_linearity="silu")
+
+
+class DownBlock(_LayerStack):
+    def __init__(self, cfg: EmoNetConfig, spec: BlockSpec, temb: int):
+        super().__init__()
+        ins = [spec.in_channels] + [spec.out_channels] * (spec.num_layers - 1)
+        self.resnets = nn.ModuleList([_resnet(cfg, c, spec.out_channels, temb) for c in ins])
+        self._build_layers(cfg, spec, ins, spec.motion)
+        self.downsamplers = nn.ModuleList(
+            [Downsample2D(spec.out_channels, use_conv=True, out_channels=spec.out_channels, padding=1, name="op")]
+        ) if spec.resample else None
+
+    def forward(self, x, temb, inputs: LayerInputs):
+        skips = []
+        for j, resnet in enumerate(self.resnets):
+            x = self._after_resnet(j, unflat(resnet(flat(x), temb), inputs.frames), inputs)
+            skips.append(x)
+        if self.downsamplers is not None:
+            x = unflat(self.downsamplers[0](flat(x)), inputs.frames)
+            skips.append(x)
+        return x, skips
+
+
+class MidBlock(_LayerStack):
+    def __init__(self, cfg: EmoNetConfig, spec: BlockSpec, temb: int):
+        super().__init__()
+        c = spec.out_channels
+        self.resnets = nn.ModuleList([_resnet(cfg, c, c, temb), _resnet(cfg, c, c, temb)])
+        self._build_layers(cfg, spec, [c], spec.motion)
+
+    def forward(self, x, temb, inputs: LayerInputs):
+        x = unflat(self.resnets[0](flat(x), temb), inputs.frames)
+        x = self._after_resnet(0, x, inputs)
+        return unflat(self.resnets[1](flat(x), temb), inputs.frames)
+
+
+class UpBlock(_LayerStack):
+    def __init__(self, cfg: EmoNetConfig, spec: BlockSpec, temb: int):
+        super().__init__()
+        out, n = spec.out_channels, spec.num_layers
+        resnets = []
+        for i in range(n):
+            skip = spec.in_channels if i == n - 1 else out
+            resnets.append(_resnet(cfg, (spec.prev_channels if i == 0 else out) + skip, out, temb))
+        self.resnets = nn.ModuleList(resnets)
+        # Hallo quirk: every up-block audio module takes its inner width from the block's skip width.
+        self._build_layers(cfg, spec, [spec.in_channels] * n, spec.motion)
+        self.upsamplers = nn.ModuleList([Upsample2D(out, use_conv=True, out_channels=out)]) if spec.resample else None
+
+    def forward(self, x, temb, skips: list[torch.Tensor], inputs: LayerInputs, size=None):
+        for j, resnet in enumerate(self.resnets):
+            x = torch.cat([x, skips.pop()], dim=1)
+            x = self._after_resnet(j, unflat(resnet(flat(x), temb), inputs.frames), inputs)
+        if self.upsamplers is not None:
+            x = unflat(self.upsamplers[0](flat(x), output_size=size), inputs.frames)
+        return x

@@ -1,0 +1,84 @@
+"""What one backbone forward eats, laid out for its batch rows.
+
+Batch rows under classifier-free guidance are [unconditional videos; conditional videos]; a
+"row" inside a block is one frame of one video: rows = batch * frames, frame-minor.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from einops import rearrange
+
+
+@dataclass
+class ReferenceFeatures:
+    """ReferenceNet output for one clip, keyed by transformer-block path (e.g. `up_blocks.1.attentions.0.transformer_blocks.0`).
+
+    tokens[key]: (batch, h*w, C) reference-image tokens (norm1 output of the paired ReferenceNet block).
+    motion[key]: (batch, n_motion, h*w, C) the motion frames' tokens from the same block.
+    rows: (batch,) bool, which batch rows attend to the reference tokens (False = CFG unconditional).
+    frame_major: Hallo quirk. Its reader tiles the per-video tokens with `repeat` on a 3-D tensor, so
+        backbone row r (of batch*frames) takes the tokens of video r mod batch, not r // frames.
+    """
+    tokens: dict[str, torch.Tensor] = field(default_factory=dict)
+    motion: dict[str, torch.Tensor] = field(default_factory=dict)
+    rows: torch.Tensor | None = None
+    frame_major: bool = False
+
+    def for_block(self, key: str, frames: int, height: int, width: int):
+        """-> (reference (batch*frames, L, C) | None, rows (batch*frames,) | None, motion (b, C, n, h, w) | None)."""
+        ref = self.tokens.get(key)
+        rows = None
+        if ref is not None:
+            ref = ref.repeat(frames, 1, 1) if self.frame_major else ref.repeat_interleave(frames, dim=0)
+            rows = self.rows.repeat_interleave(frames) if self.rows is not None else None
+        motion = self.motion.get(key)
+        if motion is not None:
+            motion = rearrange(motion, "b n (h w) c -> b c n h w", h=height, w=width)
+        return ref, rows, motion
+
+    def to(self, device=None, dtype=None) -> ReferenceFeatures:
+        move = lambda t: t.to(device=device, dtype=dtype)  # noqa: E731
+        return ReferenceFeatures({k: move(v) for k, v in self.tokens.items()},
+                                 {k: move(v) for k, v in self.motion.items()},
+                                 None if self.rows is None else self.rows.to(device), self.frame_major)
+
+
+@dataclass
+class UNetConditions:
+    """Conditions of one backbone call (batch B, frames F, latent h x w).
+
+    context: (B, T, D) identity tokens for the cross-attention slot, or None.
+    audio: (B, F, T, A) audio tokens (zeros for the unconditional half).
+    face: (B, C0, F, h, w) face-locator features added after conv_in, or None.
+    masks: Hallo's (full, face, lip), each a list over levels of (B*F, h_l*w_l), or None.
+    motion_scale: (3,) weights of the full/face/lip audio branches, or None.
+    speed: (B, F, T, S) speed tokens for EMO's speed layers, or None.
+    reference: ReferenceNet features, or None.
+    """
+    audio: torch.Tensor
+    context: torch.Tensor | None = None
+    face: torch.Tensor | None = None
+    masks: tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]] | None = None
+    motion_scale: torch.Tensor | None = None
+    speed: torch.Tensor | None = None
+    reference: ReferenceFeatures | None = None
+
+
+@dataclass
+class LayerInputs:
+    """UNetConditions expanded once per forward to per-frame rows; shared by every block."""
+    frames: int
+    context: torch.Tensor | None
+    audio: torch.Tensor | None
+    masks: tuple | None
+    motion_scale: torch.Tensor | None
+    speed: torch.Tensor | None
+    reference: ReferenceFeatures | None
+
+    @classmethod
+    def build(cls, cond: UNetConditions, frames: int) -> LayerInputs:
+        context = None if cond.context is None else cond.context.repeat_interleave(frames, dim=0)
+        audio = None if cond.audio is None else cond.audio.flatten(0, 1)
+        return cls(frames, context, audio, cond.masks, cond.motion_scale, cond.speed, cond.reference)

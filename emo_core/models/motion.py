@@ -1,0 +1,113 @@
+"""AnimateDiff temporal modules (mm_sd_v15 v2 key layout) with EMO's optional speed attention.
+
+Layout per module: per-frame GroupNorm -> Linear proj_in -> blocks of [LayerNorm -> add sinusoidal
+position -> self-attention over frames] x N -> LayerNorm -> GEGLU FF -> Linear proj_out -> residual.
+Motion frames (previous clip's features) are concatenated in front of the current frames by the caller.
+"""
+from __future__ import annotations
+
+import torch
+from diffusers.models.attention import FeedForward
+from diffusers.models.attention_processor import Attention
+from diffusers.models.embeddings import SinusoidalPositionalEmbedding
+from einops import rearrange
+from torch import nn
+
+from ..config import MotionConfig
+
+
+class TemporalAttention(Attention):
+    """Self-attention along the frame axis with AnimateDiff's additive sinusoidal positions.
+
+    `pos_encoder.pe` is a checkpoint buffer of shape (1, max_len, dim); positions start at the first
+    motion frame.
+    """
+
+    def __init__(self, dim: int, heads: int, max_len: int):
+        super().__init__(query_dim=dim, heads=heads, dim_head=dim // heads, bias=False)
+        self.pos_encoder = SinusoidalPositionalEmbedding(dim, max_seq_length=max_len)
+
+    def forward(self, hidden_states: torch.Tensor, **kwargs) -> torch.Tensor:
+        """hidden_states: (batch * tokens, frames, dim)."""
+        return super().forward(self.pos_encoder(hidden_states), **kwargs)
+
+
+class SpeedAttention(nn.Module):
+    """EMO speed layer: each frame's tokens cross-attend to that frame's speed tokens.
+
+    The output projection starts at zero so a network without trained speed weights is unchanged.
+    """
+
+    def __init__(self, dim: int, heads: int, speed_dim: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.attn = Attention(query_dim=dim, cross_attention_dim=speed_dim, heads=heads, dim_head=dim // heads,
+                              bias=False)
+        nn.init.zeros_(self.attn.to_out[0].weight)
+        nn.init.zeros_(self.attn.to_out[0].bias)
+
+    def forward(self, x: torch.Tensor, speed: torch.Tensor, tokens: int) -> torch.Tensor:
+        """x: (batch * tokens, frames, dim) current frames only; speed: (batch, frames, T, S)."""
+        frames = speed.shape[1]
+        per_frame = rearrange(x, "(b d) f c -> (b f) d c", d=tokens)
+        out = self.attn(self.norm(per_frame), encoder_hidden_states=speed.flatten(0, 1))
+        return x + rearrange(out, "(b f) d c -> (b d) f c", f=frames)
+
+
+class TemporalBlock(nn.Module):
+    def __init__(self, dim: int, cfg: MotionConfig, speed_dim: int | None):
+        super().__init__()
+        heads = cfg.heads
+        self.attention_blocks = nn.ModuleList(
+            [TemporalAttention(dim, heads, cfg.max_len) for _ in range(cfg.attention_blocks)])
+        self.norms = nn.ModuleList([nn.LayerNorm(dim) for _ in range(cfg.attention_blocks)])
+        self.speed = SpeedAttention(dim, heads, speed_dim) if speed_dim else None
+        self.ff = FeedForward(dim, activation_fn="geglu")
+        self.ff_norm = nn.LayerNorm(dim)
+
+    def forward(self, x, speed, n_motion: int, tokens: int):
+        """x: (batch * tokens, motion + current frames, dim)."""
+        for attention, norm in zip(self.attention_blocks, self.norms):
+            x = x + attention(norm(x))
+        if self.speed is not None and speed is not None:
+            current = self.speed(x[:, n_motion:], speed, tokens)
+            x = torch.cat([x[:, :n_motion], current], dim=1)
+        return x + self.ff(self.ff_norm(x))
+
+
+class TemporalTransformer(nn.Module):
+    def __init__(self, channels: int, cfg: MotionConfig, speed_dim: int | None):
+        super().__init__()
+        inner = cfg.heads * (channels // cfg.heads)
+        self.norm = nn.GroupNorm(cfg.norm_num_groups, channels, eps=1e-6)
+        self.proj_in = nn.Linear(channels, inner)
+        self.transformer_blocks = nn.ModuleList([TemporalBlock(inner, cfg, speed_dim) for _ in range(cfg.num_blocks)])
+        self.proj_out = nn.Linear(inner, channels)
+
+    def forward(self, x: torch.Tensor, speed: torch.Tensor | None, n_motion: int) -> torch.Tensor:
+        """x: (batch, C, frames, h, w) -> same shape. GroupNorm is per frame (inflated)."""
+        b, c, f, h, w = x.shape
+        flat = rearrange(x, "b c f h w -> (b f) c h w")
+        tokens = rearrange(self.norm(flat), "(b f) c h w -> (b h w) f c", f=f)
+        tokens = self.proj_in(tokens)
+        for block in self.transformer_blocks:
+            tokens = block(tokens, speed, n_motion, h * w)
+        out = rearrange(self.proj_out(tokens), "(b h w) f c -> b c f h w", b=b, h=h, w=w)
+        return out + x
+
+
+class MotionModule(nn.Module):
+    """Wrapper named like AnimateDiff's VanillaTemporalModule (`motion_modules.i.temporal_transformer`)."""
+
+    def __init__(self, channels: int, cfg: MotionConfig, speed_dim: int | None = None):
+        super().__init__()
+        self.temporal_transformer = TemporalTransformer(channels, cfg, speed_dim)
+
+    def forward(self, x: torch.Tensor, motion: torch.Tensor | None = None,
+                speed: torch.Tensor | None = None) -> torch.Tensor:
+        """x: (b, C, F, h, w) current frames; motion: (b, C, n, h, w) placed before them, dropped after."""
+        if motion is None or motion.shape[2] == 0:
+            return self.temporal_transformer(x, speed, 0)
+        n = motion.shape[2]
+        out = self.temporal_transformer(torch.cat([motion.to(x.dtype), x], dim=2), speed, n)
+        return out[:, :, n:]

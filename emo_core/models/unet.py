@@ -1,0 +1,84 @@
+"""The EMO backbone: an SD 1.5 UNet made temporal, with reference, audio, motion and speed layers."""
+from __future__ import annotations
+
+import torch
+from diffusers.models.embeddings import TimestepEmbedding, Timesteps
+from torch import nn
+
+from ..config import EmoNetConfig
+from .attention import SpatialTransformer
+from .blocks import BlockSpec, DownBlock, MidBlock, UpBlock, flat, unflat
+from .conditions import LayerInputs, UNetConditions
+
+
+def block_specs(cfg: EmoNetConfig) -> tuple[list[BlockSpec], BlockSpec, list[BlockSpec]]:
+    """Down, mid and up block specs; motion modules sit at the resolutions the config names."""
+    u, m = cfg.unet, cfg.motion
+    widths = u.block_out_channels
+    levels = len(widths)
+    down, prev = [], widths[0]
+    for i, width in enumerate(widths):
+        motion = (2 ** i) in m.resolutions and not m.decoder_only
+        down.append(BlockSpec(prev, width, u.layers_per_block, u.down_has_attention(i), motion, i, i < levels - 1))
+        prev = width
+    mid = BlockSpec(widths[-1], widths[-1], 1, True, m.mid_block, levels - 1, False)
+    rev = list(reversed(widths))
+    up, prev = [], rev[0]
+    for i, width in enumerate(rev):
+        skip = rev[min(i + 1, levels - 1)]
+        motion = (2 ** (levels - 1 - i)) in m.resolutions
+        up.append(BlockSpec(skip, width, u.layers_per_block + 1, u.up_has_attention(i), motion, levels - 1 - i,
+                            i < levels - 1, prev_channels=prev))
+        prev = width
+    return down, mid, up
+
+
+class DenoisingUNet(nn.Module):
+    """Backbone network. forward: (B, 4, F, h, w) noisy latents -> (B, 4, F, h, w) model output."""
+
+    def __init__(self, cfg: EmoNetConfig):
+        super().__init__()
+        u = cfg.unet
+        c0 = u.block_out_channels[0]
+        temb = c0 * 4
+        self.conv_in = nn.Conv2d(u.in_channels, c0, 3, padding=1)
+        self.time_proj = Timesteps(c0, flip_sin_to_cos=True, downscale_freq_shift=0)
+        self.time_embedding = TimestepEmbedding(c0, temb)
+        down, mid, up = block_specs(cfg)
+        self.down_blocks = nn.ModuleList([DownBlock(cfg, s, temb) for s in down])
+        self.up_blocks = nn.ModuleList([UpBlock(cfg, s, temb) for s in up])
+        self.mid_block = MidBlock(cfg, mid, temb)
+        self.conv_norm_out = nn.GroupNorm(u.norm_num_groups, c0, eps=u.norm_eps)
+        self.conv_act = nn.SiLU()
+        self.conv_out = nn.Conv2d(c0, u.out_channels, 3, padding=1)
+        for name, module in self.named_modules():
+            if isinstance(module, SpatialTransformer):
+                module.reference_key = f"{name}.transformer_blocks.0"
+                module.transformer_blocks[0].reference_key = module.reference_key
+
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor | int, cond: UNetConditions) -> torch.Tensor:
+        batch, _, frames = sample.shape[:3]
+        inputs = LayerInputs.build(cond, frames)
+        temb = self._time_embedding(timestep, batch, sample).repeat_interleave(frames, dim=0)
+        x = unflat(self.conv_in(flat(sample)), frames)
+        if cond.face is not None:
+            x = x + cond.face.to(x.dtype)
+        skips = [x]
+        for block in self.down_blocks:
+            x, block_skips = block(x, temb, inputs)
+            skips += block_skips
+        x = self.mid_block(x, temb, inputs)
+        for i, block in enumerate(self.up_blocks):
+            n = len(block.resnets)
+            block_skips, skips = skips[-n:], skips[:-n]
+            # Always forward the skip size so odd latent sizes (any multiple of 8 pixels) upsample back exactly.
+            size = skips[-1].shape[-2:] if skips else None
+            x = block(x, temb, block_skips, inputs, size)
+        y = self.conv_out(self.conv_act(self.conv_norm_out(flat(x))))
+        return unflat(y, frames)
+
+    def _time_embedding(self, timestep, batch: int, sample: torch.Tensor) -> torch.Tensor:
+        t = torch.as_tensor(timestep, device=sample.device)
+        t = t.reshape(-1).expand(batch) if t.numel() == 1 else t.reshape(batch)
+        emb = self.time_proj(t).to(dtype=sample.dtype)
+        return self.time_embedding(emb)

@@ -1,0 +1,73 @@
+"""Shared test fixtures: tiny random EMO networks and the Hallo parity fixture set.
+
+The parity directory comes from EMO_PARITY_DIR (default ../shared/parity/hallo-tiny beside the checkout);
+without it the parity tests skip and say why, unless EMO_REQUIRE_PARITY=1 (CI), where they fail.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from emo_core.config import (AudioAttentionConfig, FaceLocatorConfig, MotionConfig, SpeedConfig, UNetConfig,
+                             WindowProjectionConfig, emo_preset)
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared"
+
+
+def tiny_emo_config(**overrides):
+    """EMO configuration at toy size: f=12, n=4, speed layers, single audio attention, 1-channel mask."""
+    base = dict(
+        unet=UNetConfig(block_out_channels=(32, 32, 64, 64), layers_per_block=1, attention_heads=2,
+                        cross_attention_dim=32),
+        motion=MotionConfig(heads=4, max_len=32),
+        audio_attention=AudioAttentionConfig(form="single", audio_dim=16),
+        audio_projection=WindowProjectionConfig(window=5, blocks=3, channels=16, intermediate_dim=16,
+                                                output_dim=16, tokens=4),
+        face_locator=FaceLocatorConfig(conditioning_channels=1, block_out_channels=(4, 8, 8, 16)),
+        speed=SpeedConfig(intermediate_dim=16, output_dim=16, tokens=2),
+    )
+    base.update(overrides)
+    return emo_preset(**base)
+
+
+@pytest.fixture
+def tiny_config():
+    return tiny_emo_config()
+
+
+def parity_dir() -> Path:
+    raw = os.environ.get("EMO_PARITY_DIR")
+    return Path(raw).resolve() if raw else SHARED / "parity" / "hallo-tiny"
+
+
+@pytest.fixture(scope="session")
+def parity():
+    """(net_path, cases dict, metadata dict) of the parity fixture set, or skip saying why."""
+    d = parity_dir()
+    net, cases = d / "net.safetensors", d / "cases.safetensors"
+    if not (net.is_file() and cases.is_file()):
+        why = f"Hallo parity fixtures not found in {d} (set EMO_PARITY_DIR to a fixture directory)"
+        if os.environ.get("EMO_REQUIRE_PARITY") == "1":
+            pytest.fail(why)
+        pytest.skip(why)
+    from safetensors import safe_open
+    with safe_open(str(cases), framework="pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        meta = dict(f.metadata())
+    return net, tensors, meta
+
+
+@pytest.fixture(scope="session")
+def parity_net(parity):
+    from emo_core.checkpoint import load_network
+    torch.backends.cuda.matmul.allow_tf32 = False
+    return load_network(str(parity[0]), dtype=torch.float32)
+
+
+def meta_json(meta: dict, key: str):
+    return json.loads(meta[key])

@@ -1,0 +1,136 @@
+"""Parity with Hallo's own code on the fixture set in EMO_PARITY_DIR (tolerances from its README).
+
+Every size, count and setting is read from the fixture (tensor shapes and metadata), so another fixture
+set in the same format passes these tests unchanged.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from emo_core.network import ClipConditions
+from emo_core.scheduling import build_scheduler, denoise_clip
+
+from conftest import meta_json
+
+SMALL = dict(atol=1e-5, rtol=1e-5)
+BANK = dict(atol=1e-4, rtol=1e-4)
+STEP = dict(atol=5e-4, rtol=5e-4)
+
+
+def _reference(net, cases, meta):
+    """ReferenceNet features for case d, with its inputs split into reference and motion-frame latents."""
+    lat = cases["reference.latents"]
+    batch = cases["denoise_step.latents"].shape[0]
+    per_video = lat.shape[0] // batch
+    assert per_video == int(meta["n_motion_frames"]) + 1
+    lat = lat.reshape(batch, per_video, *lat.shape[1:])
+    cond, uncond = net.identity_tokens(cases["imageproj.in"])
+    guidance = float(meta["guidance_scale"]) > 1.0
+    motion = lat[:, 1:] if per_video > 1 else None
+    return net.encode_reference(lat[:, 0], motion, cond, uncond, guidance=guidance), cond, uncond
+
+
+def _conditions(net, cases, meta):
+    ref, cond, uncond = _reference(net, cases, meta)
+    levels = len([k for k in cases if k.startswith("denoise_step.full_mask.")])
+    masks = tuple([cases[f"denoise_step.{kind}_mask.{lv}"] for lv in range(levels)] for kind in ("full", "face", "lip"))
+    return ClipConditions(audio=cases["audioproj.out"], face=cases["face_locator.out"], context=cond,
+                          uncond_context=uncond, masks=masks, motion_scale=cases["denoise_step.motion_scale"],
+                          reference=ref)
+
+
+@torch.no_grad()
+def test_audio_projection(parity, parity_net):
+    _, cases, _ = parity
+    assert_close(parity_net.audio_tokens(cases["audioproj.in"]), cases["audioproj.out"], **SMALL)
+
+
+@torch.no_grad()
+def test_identity_tokens_cond_and_uncond(parity, parity_net):
+    _, cases, _ = parity
+    cond, uncond = parity_net.identity_tokens(cases["imageproj.in"])
+    assert_close(cond, cases["imageproj.out"], **SMALL)
+    assert_close(uncond, cases["imageproj.out_uncond"], **SMALL)
+
+
+@torch.no_grad()
+def test_face_locator(parity, parity_net):
+    _, cases, _ = parity
+    frames = cases["face_locator.out"].shape[2]
+    assert_close(parity_net.face_features(cases["face_locator.in"], frames), cases["face_locator.out"], **SMALL)
+
+
+@torch.no_grad()
+def test_reference_features_match_every_bank(parity, parity_net):
+    _, cases, meta = parity
+    ref, cond, uncond = _reference(parity_net, cases, meta)
+    assert_close(torch.cat([uncond, cond]), cases["reference.encoder_hidden_states"], **SMALL)
+    order = meta_json(meta, "reference_bank_order")
+    assert len(order) == len(ref.tokens)
+    for i, key in enumerate(order):
+        ours = ref.tokens[key][:, None]
+        if key in ref.motion:
+            ours = torch.cat([ours, ref.motion[key]], dim=1)
+        assert_close(ours.flatten(0, 1), cases[f"reference.bank.{i:03d}"], **BANK, msg=f"bank {i} ({key})")
+
+
+@torch.no_grad()
+def test_one_cfg_denoising_step(parity, parity_net):
+    _, cases, meta = parity
+    cond = _conditions(parity_net, cases, meta)
+    guided, uncond, conditional = parity_net.denoise(cases["denoise_step.latents"], cases["denoise_step.timestep"],
+                                                     cond, float(cases["denoise_step.guidance_scale"]))
+    assert_close(uncond, cases["denoise_step.noise_pred_uncond"], **STEP)
+    assert_close(conditional, cases["denoise_step.noise_pred_cond"], **STEP)
+    assert_close(guided, cases["denoise_step.noise_pred"], **STEP)
+
+
+@torch.no_grad()
+def test_full_ddim_sampling_of_one_clip(parity, parity_net):
+    _, cases, meta = parity
+    cond = _conditions(parity_net, cases, meta)
+    scheduler = build_scheduler("hallo", meta_json(meta, "scheduler_config"))
+    steps = int(cases["sample_clip.num_inference_steps"])
+    seen = []
+    original_step = scheduler.step
+
+    def recording_step(pred, t, x, **kw):
+        seen.append((int(t), pred.clone()))
+        out = original_step(pred, t, x, **kw)
+        seen[-1] += (out.prev_sample.clone(),)
+        return out
+
+    scheduler.step = recording_step
+    final = denoise_clip(parity_net, cases["sample_clip.noise"], cond, scheduler, steps,
+                         float(meta["guidance_scale"]), eta=float(meta["eta"]))
+    assert [t for t, *_ in seen] == cases["sample_clip.timesteps"].tolist()
+    assert_close(scheduler.alphas_cumprod, cases["sample_clip.alphas_cumprod"], atol=1e-6, rtol=1e-6)
+    for i, (_, pred, latents) in enumerate(seen):
+        assert_close(pred, cases[f"sample_clip.noise_pred.{i}"], **STEP, msg=f"noise_pred step {i}")
+        assert_close(latents, cases[f"sample_clip.latents.{i}"], **STEP, msg=f"latents step {i}")
+    assert_close(final, cases["sample_clip.latents_final"], **STEP)
+
+
+def _break_tiling(ref):
+    ref.frame_major = False
+
+
+def _break_reference(ref):
+    ref.rows = torch.zeros_like(ref.rows)
+
+
+@pytest.mark.parametrize("mistake", [_break_reference, _break_tiling])
+@torch.no_grad()
+def test_semantic_errors_are_caught(parity, parity_net, mistake):
+    """The tolerances see real mistakes: dropping reference-attention, or Hallo's frame-major tiling."""
+    _, cases, meta = parity
+    if mistake is _break_tiling and cases["denoise_step.latents"].shape[2] == 1:
+        pytest.skip("with one frame per clip both tilings coincide")
+    cond = _conditions(parity_net, cases, meta)
+    mistake(cond.reference)
+    _, _, conditional = parity_net.denoise(cases["denoise_step.latents"], cases["denoise_step.timestep"], cond,
+                                           float(cases["denoise_step.guidance_scale"]))
+    with pytest.raises(AssertionError):
+        assert_close(conditional, cases["denoise_step.noise_pred_cond"], **STEP)
