@@ -117,12 +117,19 @@ def check_keys(model: torch.nn.Module, state: dict[str, torch.Tensor], family: s
                                           + "; ".join(parts))
 
 
-def load_network(path: str, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
-    """Load an EMO or Hallo checkpoint into an :class:`EmoNet` (built on the meta device, then filled)."""
+def load_network(path: str, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+                 config: EmoNetConfig | None = None):
+    """Load an EMO or Hallo checkpoint into an :class:`EmoNet` (built on the meta device, then filled).
+
+    `config` replaces the detected configuration (e.g. a Hallo variant trained with other sizes whose
+    .pth carries no metadata); the family is still detected from the keys.
+    """
     from .network import EmoNet
 
     state, metadata = read_state_dict(path)
     info = detect_family(state, metadata)
+    if config is not None:
+        info = CheckpointInfo(info.family, config.validate(), "configuration given by the caller")
     with torch.device("meta"):
         net = EmoNet(info.config)
     check_keys(net, state, info.family)

@@ -1,0 +1,33 @@
+"""emo_core imports with ComfyUI absent and without side effects."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from conftest import ROOT
+
+BLOCKER = r'''
+import importlib.abc, sys
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {"comfy", "comfy_api", "folder_paths", "server", "comfy_extras", "execution"}:
+            raise ImportError(f"blocked in this test: {name}")
+sys.meta_path.insert(0, Block())
+import emo_core, emo_core.network, emo_core.checkpoint, emo_core.scheduling, emo_core.hallo_config
+assert not any(m.split(".")[0] in {"comfy", "folder_paths"} for m in sys.modules)
+print("ok")
+'''
+
+
+def test_emo_core_imports_with_comfy_blocked(tmp_path):
+    out = subprocess.run([sys.executable, "-c", BLOCKER], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_importing_the_package_root_is_light():
+    code = "import sys, emo_core; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "False"
