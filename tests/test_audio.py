@@ -1,0 +1,142 @@
+"""Audio features: Hallo parity, real media at other rates, frame counts, bad input, long audio, loading."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+from torch.testing import assert_close
+
+from emo_core.audio import AudioSettings, extract_audio_features, frame_count, normalise, to_mono_16k
+from emo_core.errors import InvalidInputError, MissingWeightsError
+from emo_core.wav2vec import load_wav2vec
+
+from conftest import SHARED, parity_dir
+
+FIXTURES = SHARED / "fixtures"
+AUDIO_TOL = dict(atol=5e-4, rtol=1e-4)
+
+
+def read_wav(path: Path) -> dict:
+    """A WAV file as ComfyUI's LoadAudio gives it: {"waveform": [1, C, T] in -1..1, "sample_rate"}."""
+    from scipy.io import wavfile
+    if not path.is_file():
+        pytest.skip(f"audio fixture {path} not found (the ../shared checkout is missing)")
+    rate, data = wavfile.read(str(path))
+    data = data.astype(np.float32) / 32768.0 if data.dtype == np.int16 else data.astype(np.float32)
+    data = data.reshape(data.shape[0], -1).T
+    return {"waveform": torch.from_numpy(data.copy())[None], "sample_rate": int(rate)}
+
+
+@pytest.fixture(scope="module")
+def tiny_wav2vec(parity):
+    return load_wav2vec(str(parity_dir() / "wav2vec2"))
+
+
+def test_hallo_audio_parity(parity, tiny_wav2vec):
+    _, cases, meta = parity
+    settings = AudioSettings(fps=float(meta["fps"]), clip_length=int(meta["clip_length"]))
+    waveform = cases["audio.waveform"]
+    assert_close(normalise(waveform), cases["audio.input_values"], **AUDIO_TOL)
+    feats = extract_audio_features(tiny_wav2vec, waveform, settings)
+    assert feats.num_frames == int(cases["audio.audio_length"])
+    assert feats.padded_frames == int(cases["audio.seq_len"])
+    assert_close(feats.hidden, cases["audio.hidden_states"], **AUDIO_TOL)
+    assert_close(feats.windowed(), cases["audio.windowed"], **AUDIO_TOL)
+    clip = int(meta["clip_length"])
+    assert_close(feats.windowed(clip, 2 * clip), cases["audio.windowed"][clip:2 * clip], **AUDIO_TOL)
+
+
+def test_frame_count_is_ceil_of_duration_times_fps():
+    assert frame_count(16000, 25) == 25
+    assert frame_count(16001, 25) == 26
+    assert frame_count(1, 25) == 1
+    assert frame_count(36800, 25) == 58
+    assert frame_count(16000, 30) == 30
+
+
+def test_padding_to_whole_clips_and_windows_clamp(tiny_wav2vec):
+    feats = extract_audio_features(tiny_wav2vec, torch.randn(16000 * 2 + 5), AudioSettings(fps=25, clip_length=12))
+    assert feats.num_frames == 51 and feats.padded_frames == 60
+    w = feats.windowed(0, 12)
+    assert w.shape == (12, 5, 3, 16)
+    assert torch.equal(w[0, 0], feats.hidden[0]) and torch.equal(w[0, 4], feats.hidden[2])
+    last = feats.windowed(48, 60)
+    assert torch.equal(last[-1, -1], feats.hidden[-1])
+
+
+def test_stereo_44k_gives_the_same_signal_as_mono_16k():
+    mono = to_mono_16k(read_wav(FIXTURES / "speech_en_16k_mono.wav"))
+    stereo = to_mono_16k(read_wav(FIXTURES / "speech_en_44k_stereo.wav"))
+    assert abs(mono.numel() - stereo.numel()) <= 1
+    n = min(mono.numel(), stereo.numel())
+    corr = torch.corrcoef(torch.stack([mono[:n], stereo[:n]]))[0, 1]
+    assert corr > 0.99
+
+
+def test_real_speech_features(tiny_wav2vec):
+    audio = read_wav(FIXTURES / "speech_en_44k_stereo.wav")
+    feats = extract_audio_features(tiny_wav2vec, audio, AudioSettings(fps=25, clip_length=16))
+    duration = audio["waveform"].shape[-1] / audio["sample_rate"]
+    assert feats.num_frames == math.ceil(round(duration * 16000) / 16000 * 25)
+    assert feats.padded_frames % 16 == 0 and torch.isfinite(feats.hidden).all()
+
+
+def test_silence_gives_finite_features(tiny_wav2vec):
+    feats = extract_audio_features(tiny_wav2vec, read_wav(FIXTURES / "silence_2s_16k.wav"))
+    assert feats.num_frames == 50 and torch.isfinite(feats.hidden).all()
+
+
+@pytest.mark.parametrize("audio, says", [
+    ({"waveform": torch.zeros(1, 1, 0), "sample_rate": 16000}, "empty"),
+    ({"waveform": torch.full((1, 2, 100), float("nan")), "sample_rate": 16000}, "NaN"),
+    ({"waveform": torch.zeros(5), "sample_rate": 16000}, r"\[batch, channels, samples\]"),
+    ({"samples": torch.zeros(1, 1, 10)}, "ComfyUI AUDIO"),
+])
+def test_bad_audio_gets_clear_errors(tiny_wav2vec, audio, says):
+    with pytest.raises(InvalidInputError, match=says):
+        extract_audio_features(tiny_wav2vec, audio)
+
+
+def test_long_audio_in_chunks_matches_single_pass_in_the_middle(tiny_wav2vec):
+    audio = read_wav(FIXTURES / "speech_en_16k_mono.wav")
+    whole = extract_audio_features(tiny_wav2vec, audio, AudioSettings(chunk_seconds=60))
+    chunked = extract_audio_features(tiny_wav2vec, audio, AudioSettings(chunk_seconds=3.0, context_seconds=1.0))
+    assert chunked.hidden.shape == whole.hidden.shape
+    # Only the transformer's attention reach is limited by chunking; with this random tiny model (diffuse
+    # attention) that moves the features by ~13 %; a misaligned chunk would move them by ~100 %.
+    rel = (chunked.hidden - whole.hidden).norm() / whole.hidden.norm()
+    assert rel < 0.2, f"chunked features drift {rel:.3f} from the single pass"
+
+
+def test_cnn_in_chunks_is_exact(tiny_wav2vec):
+    from emo_core.wav2vec import cnn_features
+    signal = normalise(to_mono_16k(read_wav(FIXTURES / "speech_en_16k_mono.wav")))
+    whole = cnn_features(tiny_wav2vec, signal, chunk_samples=10 ** 9)
+    reference = tiny_wav2vec.feature_extractor(signal[None]).transpose(1, 2)[0]
+    assert_close(whole, reference, atol=1e-5, rtol=1e-5)
+    assert_close(cnn_features(tiny_wav2vec, signal, chunk_samples=7000), whole, atol=1e-5, rtol=1e-5)
+
+
+def test_single_file_safetensors_with_prefix_loads_like_the_folder(tmp_path):
+    from transformers import Wav2Vec2Config, Wav2Vec2Model
+    torch.manual_seed(0)
+    config = Wav2Vec2Config(hidden_size=128, num_attention_heads=2, num_hidden_layers=2, intermediate_size=64,
+                            conv_dim=(16,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4)
+    ref = Wav2Vec2Model(config).eval()
+    folder = tmp_path / "hf"
+    ref.save_pretrained(folder)
+    file = tmp_path / "wav2vec2_tiny.safetensors"
+    save_file({f"wav2vec2.{k}": v.contiguous() for k, v in ref.state_dict().items()}, str(file))
+    x = torch.randn(16000, generator=torch.Generator().manual_seed(3))
+    from_file = extract_audio_features(load_wav2vec(str(file)), x).hidden
+    assert from_file.shape == (25, 2, 128)
+    assert_close(from_file, extract_audio_features(load_wav2vec(str(folder)), x).hidden)
+
+
+def test_missing_model_names_the_folder(tmp_path):
+    with pytest.raises(MissingWeightsError, match=str(tmp_path)):
+        load_wav2vec(str(tmp_path / "wav2vec2-base-960h.safetensors"))
