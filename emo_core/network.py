@@ -110,17 +110,17 @@ class EmoNet(nn.Module):
         rows = reference.unsqueeze(1) if motion is None else torch.cat([reference.unsqueeze(1), motion], dim=1)
         per_video = rows.shape[1]
         rows = rows.flatten(0, 1).to(self._param().dtype)
-        if self.config.reference_rows == "cfg_tiled":
-            bank, batch = self._tiled_reference(rows, context, uncond_context, guidance, per_video)
+        tiled = self.config.reference_rows == "cfg_tiled"
+        if tiled:
+            bank = self._tiled_reference(rows, context, uncond_context, guidance)
         else:
             bank = record_reference(self.reference_unet, rows, context.repeat_interleave(per_video, 0))
-            batch = 2 if guidance else 1
         rows_used = [not guidance or i >= b for i in range(b * (2 if guidance else 1))]
         out = ReferenceFeatures(rows=torch.tensor(rows_used, device=reference.device),
-                                frame_major=self.config.reference_rows == "cfg_tiled")
+                                frame_major=tiled)
         for key, feats in bank.items():
             feats = rearrange(feats, "(v s) l c -> v s l c", s=per_video)
-            if self.config.reference_rows == "shared" and batch == 2:
+            if not tiled and guidance:  # one shared pass serves both CFG halves
                 feats = torch.cat([feats, feats], dim=0)
             out.tokens[key] = feats[:, 0]
             if per_video > 1:
@@ -129,14 +129,14 @@ class EmoNet(nn.Module):
                 out.motion[key] = feats.new_zeros(feats.shape[0], zero_motion, *feats.shape[2:])
         return out
 
-    def _tiled_reference(self, rows, context, uncond_context, guidance: bool, per_video: int):
+    def _tiled_reference(self, rows, context, uncond_context, guidance: bool) -> dict[str, torch.Tensor]:
         # Hallo: rows tiled twice for CFG and the [uncond; cond] token sets tiled over them with
         # `repeat`, so row i cross-attends to token set i mod 2b (see parity README, case d).
         tokens = torch.cat([uncond_context, context]) if guidance else context
         if guidance:
             rows = rows.repeat(2, 1, 1, 1)
         tokens = tokens.repeat(rows.shape[0] // tokens.shape[0], 1, 1)
-        return record_reference(self.reference_unet, rows, tokens.to(rows.dtype)), None
+        return record_reference(self.reference_unet, rows, tokens.to(rows.dtype))
 
     # -- denoising ------------------------------------------------------------------------------
     def denoise(self, latents: torch.Tensor, timestep, cond: ClipConditions, guidance_scale: float):
