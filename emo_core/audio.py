@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import InvalidInputError, MissingDependencyError
+from .windows import window_indices
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +77,7 @@ class AudioFeatures:
         stop = self.padded_frames if stop is None else stop
         if not 0 <= start < stop <= self.padded_frames:
             raise InvalidInputError(f"frame range [{start}, {stop}) outside 0..{self.padded_frames}")
-        m = self.window // 2
-        idx = (torch.arange(start, stop)[:, None] + torch.arange(-m, m + 1)[None]).clamp(0, self.padded_frames - 1)
-        return self.hidden[idx]
+        return self.hidden[window_indices(self.padded_frames, self.window // 2)[start:stop]]
 
 
 def frame_count(samples: int, fps: float, sample_rate: int = SAMPLE_RATE) -> int:
