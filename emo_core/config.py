@@ -18,6 +18,8 @@ SD15_UP_BLOCKS = ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3
 FAMILIES = ("emo", "hallo")
 AUDIO_FORMS = ("single", "hierarchical")
 REFERENCE_ROWS = ("shared", "cfg_tiled")
+FIRST_MOTION = ("zeros", "reference")
+MOTION_SOURCES = ("latents", "pixels")
 
 
 def _require(ok: bool, name: str, value: Any, what: str) -> None:
@@ -174,6 +176,12 @@ class EmoNetConfig:
     `reference_rows`: how ReferenceNet rows are laid out under classifier-free guidance. `shared`
     (EMO): one pass over [reference, motion frames] serves both CFG halves. `cfg_tiled` (Hallo):
     the rows are tiled twice and the identity token sets tiled over them (see parity README).
+
+    Clip chaining (the sampler's rule): `first_motion` is what stands in for motion frames in the first
+    clip, `zeros` (EMO: zero feature maps) or `reference` (Hallo: copies of the reference image).
+    `motion_source` is how later clips get theirs from the previous clip's last n frames: `latents`
+    (EMO: the generated latents) or `pixels` (Hallo: decoded to pixels and re-encoded by the VAE).
+    `guidance_scale` is the family's default classifier-free guidance scale.
     """
     family: str = "emo"
     unet: UNetConfig = field(default_factory=UNetConfig)
@@ -186,11 +194,21 @@ class EmoNetConfig:
     clip_length: int = 12
     motion_frames: int = 4
     reference_rows: str = "shared"
+    first_motion: str = "zeros"
+    motion_source: str = "latents"
+    guidance_scale: float = 3.5
 
     def validate(self) -> EmoNetConfig:
         _require(self.family in FAMILIES, "family", self.family, f"choose one of {FAMILIES}")
         _require(self.reference_rows in REFERENCE_ROWS, "reference_rows", self.reference_rows,
                  f"choose one of {REFERENCE_ROWS}")
+        _require(self.first_motion in FIRST_MOTION, "first_motion", self.first_motion,
+                 f"choose one of {FIRST_MOTION}")
+        _require(self.motion_source in MOTION_SOURCES, "motion_source", self.motion_source,
+                 f"choose one of {MOTION_SOURCES}")
+        _require(self.guidance_scale >= 0, "guidance_scale", self.guidance_scale, "need >= 0")
+        _require(self.motion_frames <= self.clip_length, "motion_frames", self.motion_frames,
+                 f"the motion frames come from one clip: need <= clip_length={self.clip_length}")
         _require(self.clip_length >= 1, "clip_length", self.clip_length, "need >= 1")
         _require(self.motion_frames >= 0, "motion_frames", self.motion_frames, "need >= 0")
         _require(self.clip_length + self.motion_frames <= self.motion.max_len, "clip_length",
@@ -257,5 +275,6 @@ def hallo_preset(**overrides: Any) -> EmoNetConfig:
         face_locator=FaceLocatorConfig(conditioning_channels=3, block_out_channels=(16, 32, 64, 128)),
         identity=IdentityConfig(embedding_dim=512, tokens=4),
         speed=None, clip_length=16, motion_frames=2, reference_rows="cfg_tiled",
+        first_motion="reference", motion_source="pixels", guidance_scale=3.5,
     )
     return dataclasses.replace(base, **overrides).validate()

@@ -104,39 +104,63 @@ class EmoNet(nn.Module):
 
         reference: (b, 4, h, w) scaled latent; motion: (b, n, 4, h, w) or None; context/uncond_context:
         (b, T, D). With `guidance` the backbone batch is [uncond b; cond b]. `zero_motion` gives that many
-        zero motion frames when `motion` is None (EMO's first clip).
+        zero motion frames when `motion` is None (EMO's first clip). The same as
+        `with_motion(reference_features(...), motion, ...)`, the split the sampler uses.
         """
+        per_video = 1 + (0 if motion is None else motion.shape[1])
+        ref = self.reference_features(reference, context, uncond_context, guidance, per_video)
+        return self.with_motion(ref, motion, context, uncond_context, guidance, zero_motion)
+
+    def reference_features(self, reference: torch.Tensor, context: torch.Tensor, uncond_context: torch.Tensor,
+                           guidance: bool, per_video: int | None = None) -> ReferenceFeatures:
+        """The reference image's features alone (once per video). `per_video` = 1 + motion frames per
+        clip; it matters only for Hallo's tiled rows, where it decides which token set a row sees."""
+        per_video = 1 + self.config.motion_frames if per_video is None else per_video
         b = reference.shape[0]
-        rows = reference.unsqueeze(1) if motion is None else torch.cat([reference.unsqueeze(1), motion], dim=1)
-        per_video = rows.shape[1]
-        rows = rows.flatten(0, 1).to(self._param().dtype)
-        tiled = self.config.reference_rows == "cfg_tiled"
-        if tiled:
-            bank = self._tiled_reference(rows, context, uncond_context, guidance)
-        else:
-            bank = record_reference(self.reference_unet, rows, context.repeat_interleave(per_video, 0))
-        rows_used = [not guidance or i >= b for i in range(b * (2 if guidance else 1))]
-        out = ReferenceFeatures(rows=torch.tensor(rows_used, device=reference.device),
-                                frame_major=tiled)
-        for key, feats in bank.items():
-            feats = rearrange(feats, "(v s) l c -> v s l c", s=per_video)
-            if not tiled and guidance:  # one shared pass serves both CFG halves
-                feats = torch.cat([feats, feats], dim=0)
-            out.tokens[key] = feats[:, 0]
-            if per_video > 1:
-                out.motion[key] = feats[:, 1:]
-            elif zero_motion > 0:
-                out.motion[key] = feats.new_zeros(feats.shape[0], zero_motion, *feats.shape[2:])
+        bank = self._reference_pass(reference.unsqueeze(1), [0], per_video, context, uncond_context, guidance)
+        rows = torch.tensor([not guidance or i >= b for i in range(b * (2 if guidance else 1))],
+                            device=reference.device)
+        return ReferenceFeatures(tokens={k: v[:, 0] for k, v in bank.items()}, rows=rows,
+                                 frame_major=self.config.reference_rows == "cfg_tiled")
+
+    def with_motion(self, ref: ReferenceFeatures, motion: torch.Tensor | None, context: torch.Tensor,
+                    uncond_context: torch.Tensor, guidance: bool, zero_motion: int = 0) -> ReferenceFeatures:
+        """`ref` plus the motion frames' features (once per clip). motion: (b, n, 4, h, w) scaled latents,
+        or None for `zero_motion` zero feature maps (or none at all)."""
+        out = ReferenceFeatures(tokens=ref.tokens, rows=ref.rows, frame_major=ref.frame_major)
+        if motion is None:
+            if zero_motion > 0:
+                out.motion = {k: v.new_zeros(v.shape[0], zero_motion, *v.shape[1:]) for k, v in ref.tokens.items()}
+            return out
+        n = motion.shape[1]
+        out.motion = self._reference_pass(motion, list(range(1, n + 1)), 1 + n, context, uncond_context, guidance)
         return out
 
-    def _tiled_reference(self, rows, context, uncond_context, guidance: bool) -> dict[str, torch.Tensor]:
-        # Hallo: rows tiled twice for CFG and the [uncond; cond] token sets tiled over them with
-        # `repeat`, so row i cross-attends to token set i mod 2b (see parity README, case d).
-        tokens = torch.cat([uncond_context, context]) if guidance else context
-        if guidance:
-            rows = rows.repeat(2, 1, 1, 1)
-        tokens = tokens.repeat(rows.shape[0] // tokens.shape[0], 1, 1)
-        return record_reference(self.reference_unet, rows, tokens.to(rows.dtype))
+    def _reference_pass(self, latents: torch.Tensor, slots: list[int], per_video: int, context: torch.Tensor,
+                        uncond_context: torch.Tensor, guidance: bool) -> dict[str, torch.Tensor]:
+        """ReferenceNet on latents (b, S, 4, h, w) holding the per-video rows `slots` of [reference,
+        motion 1..n] -> {block: (V, S, L, C)} with V = 2b under guidance ([uncond; cond]), else b.
+
+        ReferenceNet rows never interact, so any subset of rows can run alone. Hallo (`cfg_tiled`) runs
+        the rows tiled twice with the [uncond; cond] token sets tiled over them (`repeat`), so per-video
+        row s of video v sees token set (v * per_video + s) mod V (parity README, case d). EMO
+        (`shared`) runs each row once with its own tokens and both CFG halves share the result.
+        """
+        b, dtype = latents.shape[0], self._param().dtype
+        if self.config.reference_rows == "cfg_tiled":
+            token_sets = torch.cat([uncond_context, context]) if guidance else context
+            videos = token_sets.shape[0]
+            rows = torch.stack([latents[v % b, j] for v in range(videos) for j in range(len(slots))])
+            tokens = torch.stack([token_sets[(v * per_video + s) % videos] for v in range(videos) for s in slots])
+        else:
+            videos = b
+            rows = latents.flatten(0, 1)
+            tokens = context.repeat_interleave(len(slots), 0)
+        bank = record_reference(self.reference_unet, rows.to(dtype), tokens.to(dtype))
+        bank = {k: rearrange(v, "(v s) l c -> v s l c", s=len(slots)) for k, v in bank.items()}
+        if self.config.reference_rows != "cfg_tiled" and guidance:  # one shared pass serves both CFG halves
+            bank = {k: torch.cat([v, v]) for k, v in bank.items()}
+        return bank
 
     # -- denoising ------------------------------------------------------------------------------
     def denoise(self, latents: torch.Tensor, timestep, cond: ClipConditions, guidance_scale: float):

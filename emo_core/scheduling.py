@@ -1,6 +1,7 @@
 """Noise schedules per checkpoint family and the denoising loop of one clip (diffusers' DDIMScheduler)."""
 from __future__ import annotations
 
+import inspect
 from typing import Callable
 
 import torch
@@ -20,34 +21,61 @@ EMO_SCHEDULER = {
     "timestep_spacing": "leading",
 }
 FAMILY_SCHEDULERS = {"hallo": HALLO_SCHEDULER, "emo": EMO_SCHEDULER}
+# Sampler name -> diffusers class. All of them take the family's noise schedule (betas, prediction type,
+# zero-SNR rescaling, spacing); DDIM is the papers' sampler and the default.
+SAMPLERS = {
+    "ddim": "DDIMScheduler",
+    "dpmpp_2m": "DPMSolverMultistepScheduler",
+    "euler": "EulerDiscreteScheduler",
+    "euler_ancestral": "EulerAncestralDiscreteScheduler",
+    "unipc": "UniPCMultistepScheduler",
+}
 
 
-def build_scheduler(family: str, overrides: dict | None = None):
-    """A fresh diffusers DDIMScheduler for the family (overrides win, e.g. a fixture's stored config)."""
-    from diffusers import DDIMScheduler
+def build_scheduler(family: str, overrides: dict | None = None, sampler: str = "ddim"):
+    """A fresh diffusers scheduler for the family (overrides win, e.g. a fixture's stored config)."""
+    import diffusers
 
     if family not in FAMILY_SCHEDULERS:
         raise InvalidInputError(f"no noise schedule for family '{family}'; known: {sorted(FAMILY_SCHEDULERS)}")
-    return DDIMScheduler.from_config({**FAMILY_SCHEDULERS[family], **(overrides or {})})
+    if sampler not in SAMPLERS:
+        raise InvalidInputError(f"unknown sampler '{sampler}'; choose one of {list(SAMPLERS)}")
+    cls = getattr(diffusers, SAMPLERS[sampler])
+    config = {**FAMILY_SCHEDULERS[family], **(overrides or {})}
+    accepted = inspect.signature(cls.__init__).parameters
+    return cls.from_config({k: v for k, v in config.items() if k in accepted})
+
+
+def _step_kwargs(scheduler, eta: float, generator) -> dict:
+    """eta and generator only where the scheduler's step takes them (DDIM: eta; ancestral: generator)."""
+    params = inspect.signature(scheduler.step).parameters
+    kwargs = {"eta": eta} if "eta" in params else {}
+    if "generator" in params and generator is not None:
+        kwargs["generator"] = generator
+    return kwargs
 
 
 def denoise_clip(net, noise: torch.Tensor, cond, scheduler, steps: int, guidance_scale: float, eta: float = 0.0,
                  on_step: Callable[[int, int], None] = lambda done, total: None,
-                 check_cancel: Callable[[], None] = lambda: None) -> torch.Tensor:
-    """Run the full DDIM loop for one clip. noise: (b, 4, F, h, w) scaled latents -> denoised latents.
+                 check_cancel: Callable[[], None] = lambda: None, generator: torch.Generator | None = None
+                 ) -> torch.Tensor:
+    """Run the full sampling loop for one clip. noise: (b, 4, F, h, w) unit-variance noise -> denoised
+    scaled latents.
 
     Each step: CFG prediction in one batched forward, then scheduler.step. `check_cancel` runs before
-    every step and may raise to stop; nothing is returned half-done.
+    every step and may raise to stop; nothing is returned half-done. `generator` feeds stochastic steps
+    (DDIM with eta > 0, ancestral samplers) so a seed reproduces them.
     """
     if steps < 1:
         raise InvalidInputError(f"need at least 1 denoising step, got {steps}")
     scheduler.set_timesteps(steps, device=noise.device)
     latents = noise * scheduler.init_noise_sigma
     timesteps = scheduler.timesteps
+    step_kwargs = _step_kwargs(scheduler, eta, generator)
     for i, t in enumerate(timesteps):
         check_cancel()
         model_in = scheduler.scale_model_input(latents, t)
         guided, _, _ = net.denoise(model_in, t, cond, guidance_scale)
-        latents = scheduler.step(guided.to(latents.dtype), t, latents, eta=eta).prev_sample
+        latents = scheduler.step(guided.to(latents.dtype), t, latents, **step_kwargs).prev_sample
         on_step(i + 1, len(timesteps))
     return latents

@@ -1,0 +1,213 @@
+"""The chunked EMO sampler: a whole video, clip after clip, motion frames carried over (paper, section 3).
+
+Memory is bounded by one clip: only the current clip's latents, conditions and ReferenceNet features live
+on the device; finished clips go to the CPU as small latents. Latents in and out follow ComfyUI: unscaled
+(a VAEEncode LATENT); the SD 1.5 factor is applied inside.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+
+from .errors import InvalidInputError
+from .network import ClipConditions, EmoNet
+from .plan import ClipPlan, clip_seed, plan_clips
+from .scheduling import SAMPLERS, build_scheduler, denoise_clip
+
+log = logging.getLogger(__name__)
+
+SD15_LATENT_SCALE = 0.18215
+
+
+@dataclass(frozen=True)
+class SamplerSettings:
+    """steps: denoising steps per clip. guidance_scale: None = the family's default. seed: clip k's noise
+    depends only on (seed, k). sampler: a name in scheduling.SAMPLERS. motion_scale: Hallo's
+    (pose, face, lip) audio weights. clip_length: None = the family's f."""
+    steps: int = 40
+    guidance_scale: float | None = None
+    seed: int = 0
+    sampler: str = "ddim"
+    eta: float = 0.0
+    motion_scale: tuple[float, float, float] = (1.0, 1.0, 1.0)
+    clip_length: int | None = None
+
+    def validate(self) -> SamplerSettings:
+        if self.steps < 1:
+            raise InvalidInputError(f"steps must be >= 1, got {self.steps}")
+        if self.guidance_scale is not None and self.guidance_scale < 0:
+            raise InvalidInputError(f"guidance_scale must be >= 0, got {self.guidance_scale}")
+        if self.sampler not in SAMPLERS:
+            raise InvalidInputError(f"unknown sampler '{self.sampler}'; choose one of {list(SAMPLERS)}")
+        if self.clip_length is not None and self.clip_length < 1:
+            raise InvalidInputError(f"clip_length must be >= 1, got {self.clip_length}")
+        return self
+
+
+@dataclass
+class VideoConditions:
+    """Everything one video is conditioned on (batch 1).
+
+    reference: (4, h, w) UNSCALED reference latent (ComfyUI VAEEncode output).
+    audio: (frames, 2m+1, layers, hidden) windowed audio features of at least `num_frames` frames
+        (audio.AudioFeatures.windowed()); frames past the end repeat the last one.
+    face_mask: (c, H, W) face-locator input at pixel size (face.FaceRegion.locator_input[0]) or None.
+    masks: Hallo's (full, face, lip), each a list over levels of (1 or frames, h_l * w_l), or None.
+    identity: (E,) face-identity embedding or None (Hallo falls back to the unconditional tokens).
+    speed: (frames, 2m+1, d) windowed speed buckets or None.
+    num_frames: the output length; the audio's frame count.
+    """
+    reference: torch.Tensor
+    audio: torch.Tensor
+    num_frames: int
+    face_mask: torch.Tensor | None = None
+    masks: tuple | None = None
+    identity: torch.Tensor | None = None
+    speed: torch.Tensor | None = None
+
+
+@dataclass
+class VaeCodec:
+    """The VAE as callables, for families that re-encode motion frames from pixels (Hallo).
+
+    decode: unscaled latents (N, 4, h, w) -> images (N, H, W, 3) in 0..1.
+    encode: images (N, H, W, 3) in 0..1 -> unscaled latents (N, 4, h, w).
+    """
+    encode: Callable[[torch.Tensor], torch.Tensor]
+    decode: Callable[[torch.Tensor], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Progress:
+    """clip/clips are 1-based for display; step of steps within the clip; done of total over the video."""
+    clip: int
+    clips: int
+    step: int
+    steps: int
+    done: int
+    total: int
+
+
+@dataclass
+class _Run:
+    net: EmoNet
+    video: VideoConditions
+    settings: SamplerSettings
+    clip_length: int
+    guidance: float
+    codec: VaeCodec | None
+    device: torch.device
+    dtype: torch.dtype
+    context: torch.Tensor = field(init=False)
+    uncond_context: torch.Tensor = field(init=False)
+
+
+def generate(net: EmoNet, video: VideoConditions, settings: SamplerSettings = SamplerSettings(), *,
+             codec: VaeCodec | None = None, on_step: Callable[[Progress], None] = lambda p: None,
+             check_cancel: Callable[[], None] = lambda: None) -> torch.Tensor:
+    """Generate every frame: -> (num_frames, 4, h, w) float32 UNSCALED latents on the CPU.
+
+    `check_cancel` runs between steps and clips and may raise; then nothing is returned.
+    """
+    settings.validate()
+    p = next(net.parameters())
+    run = _Run(net, video, settings, settings.clip_length or net.config.clip_length,
+               net.config.guidance_scale if settings.guidance_scale is None else settings.guidance_scale,
+               codec, p.device, p.dtype)
+    _check_inputs(run)
+    plans = plan_clips(video.num_frames, run.clip_length, net.config.motion_frames)
+    log.info("EMO sampling: %d frames in %d clip(s) of %d, %d steps, guidance %.2f, %s, seed %d",
+             video.num_frames, len(plans), run.clip_length, settings.steps, run.guidance, settings.sampler,
+             settings.seed)
+    run.context, run.uncond_context = net.identity_tokens(
+        None if video.identity is None else video.identity.reshape(1, -1), batch=1)
+    reference = video.reference.to(run.device, torch.float32).unsqueeze(0) * SD15_LATENT_SCALE
+    with torch.no_grad():
+        ref = net.reference_features(reference, run.context, run.uncond_context, run.guidance > 1.0)
+    out = torch.empty(video.num_frames, *video.reference.shape, dtype=torch.float32)
+    for plan in plans:
+        check_cancel()
+        motion = _motion_latents(run, plan, reference, out)
+        with torch.no_grad():
+            clip = _sample_clip(run, plan, ref, motion, len(plans), on_step, check_cancel)
+        out[plan.frames.start:plan.frames.stop] = clip[:len(plan.frames)].cpu() / SD15_LATENT_SCALE
+    return out
+
+
+def _check_inputs(run: _Run) -> None:
+    v, cfg = run.video, run.net.config
+    if v.num_frames < 1:
+        raise InvalidInputError(f"the video needs at least 1 frame, got {v.num_frames}; is the audio empty?")
+    if v.reference.dim() != 3 or v.reference.shape[0] != 4:
+        raise InvalidInputError(f"reference latent must be (4, h, w), got {tuple(v.reference.shape)}")
+    if v.audio.shape[0] < 1:
+        raise InvalidInputError("the audio features are empty")
+    if cfg.audio_attention.form == "hierarchical" and v.masks is None:
+        raise InvalidInputError("this checkpoint family needs Hallo's full/face/lip masks (face_hallo.hallo_masks)")
+    if run.clip_length + cfg.motion_frames > cfg.motion.max_len:
+        raise InvalidInputError(f"clip_length {run.clip_length} + {cfg.motion_frames} motion frames exceed the "
+                                f"temporal modules' {cfg.motion.max_len} positions; use a shorter clip")
+
+
+def _motion_latents(run: _Run, plan: ClipPlan, reference: torch.Tensor, out: torch.Tensor) -> torch.Tensor | None:
+    """Scaled (1, n, 4, h, w) motion-frame latents for this clip, or None for EMO's zero maps."""
+    n = run.net.config.motion_frames
+    if n == 0:
+        return None
+    if plan.motion_from is None:
+        if run.net.config.first_motion == "zeros":
+            return None
+        return reference.unsqueeze(1).expand(-1, n, -1, -1, -1)
+    carried = out[plan.motion_from.start:plan.motion_from.stop]  # unscaled, CPU
+    if run.net.config.motion_source == "pixels":
+        if run.codec is None:
+            if plan.index == 1:
+                log.info("no VAE given: motion frames are carried as latents instead of re-encoded pixels")
+        else:
+            carried = run.codec.encode(run.codec.decode(carried.to(run.device)).clamp(0, 1))
+    return (carried.to(run.device, torch.float32) * SD15_LATENT_SCALE).unsqueeze(0)
+
+
+def _sample_clip(run: _Run, plan: ClipPlan, ref, motion, clips: int, on_step, check_cancel) -> torch.Tensor:
+    net, s = run.net, run.settings
+    guidance = run.guidance > 1.0
+    feats = net.with_motion(ref, motion, run.context, run.uncond_context, guidance,
+                            zero_motion=net.config.motion_frames)
+    cond = _clip_conditions(run, plan, feats)
+    h, w = run.video.reference.shape[-2:]
+    gen = torch.Generator().manual_seed(clip_seed(s.seed, plan.index))
+    noise = torch.randn((1, 4, plan.length, h, w), generator=gen, dtype=torch.float32).to(run.device)
+    scheduler = build_scheduler(net.config.family, sampler=s.sampler)
+    total = clips * s.steps
+
+    def report(step: int, steps: int) -> None:
+        on_step(Progress(plan.index + 1, clips, step, steps, plan.index * steps + step, total))
+
+    log.debug("clip %d/%d: frames %s, padding %d", plan.index + 1, clips, plan.frames, plan.padding)
+    latents = denoise_clip(net, noise, cond, scheduler, s.steps, run.guidance, eta=s.eta, on_step=report,
+                           check_cancel=check_cancel, generator=gen)
+    return latents[0].permute(1, 0, 2, 3)  # (F, 4, h, w)
+
+
+def _frames(x: torch.Tensor, plan: ClipPlan) -> torch.Tensor:
+    """Rows plan.frames of a per-frame tensor, padded to the clip length by repeating the last row."""
+    idx = torch.arange(plan.frames.start, plan.frames.start + plan.length).clamp(max=x.shape[0] - 1)
+    return x[idx]
+
+
+def _clip_conditions(run: _Run, plan: ClipPlan, reference) -> ClipConditions:
+    net, v, dev = run.net, run.video, run.device
+    audio = net.audio_tokens(_frames(v.audio, plan).unsqueeze(0).to(dev))
+    face = None
+    if v.face_mask is not None:
+        face = net.face_features(v.face_mask.unsqueeze(0).to(dev), plan.length)
+    masks = None
+    if v.masks is not None:
+        masks = tuple([_frames(m, plan).to(dev, run.dtype) for m in level] for level in v.masks)
+    speed = None if v.speed is None else net.speed_tokens(_frames(v.speed, plan).unsqueeze(0).to(dev))
+    scale = torch.tensor(run.settings.motion_scale, device=dev, dtype=run.dtype)
+    return ClipConditions(audio=audio, face=face, context=run.context, uncond_context=run.uncond_context,
+                          masks=masks, motion_scale=scale, speed=speed, reference=reference)
