@@ -14,6 +14,10 @@ hallo/utils/util.py `get_mask`, `get_face_mask`, `get_lip_mask`, `expand_region`
 4. Each level is the level-0 uint8 image resized by PIL bilinear (torchvision Resize on a PIL image), /255,
    flattened row-major.
 
+A face MASK drawn by the user can replace the landmarks (`user_mask_boxes`, `hallo_masks(user_mask=...)`):
+its bounding box plays the silhouette box and the outer-lip box is `LIP_FRACTION` of it, both then
+expanded as above.
+
 Deviations, all identical to Hallo for a square 512 px image: Hallo blurs on a fixed 64x64 grid and sizes
 every level from the image width (square); here level 0 is (H//8, W//8), each next level halves with
 ceil (the UNet's stride-2 grid), and the blur kernels scale with min(H, W)/512 (kept odd). Landmarks come
@@ -31,7 +35,7 @@ import numpy as np
 import torch
 
 from .errors import InvalidInputError, MissingDependencyError
-from .face import NoFaceError, import_mediapipe, to_uint8_frames
+from .face import NoFaceError, import_mediapipe, mask_boxes, to_uint8_frames
 from .face_models import find_landmarker
 
 log = logging.getLogger(__name__)
@@ -41,6 +45,10 @@ SILHOUETTE_IDS = (10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397
                   152, 148, 176, 149, 150, 136, 172, 58, 132, 93, 234, 127, 162, 21, 54, 103, 67, 109)
 LIP_IDS = (61, 185, 40, 39, 37, 0, 267, 269, 270, 409, 291, 146, 91, 181, 84, 17, 314, 405, 321, 375)
 FACE_KERNEL, LIP_KERNEL, HALLO_GRID = 51, 31, 64
+# Outer-lip box as fractions (x0, x1, y0, y1) of the silhouette box, for a drawn mask: measured on the test
+# portrait's landmarks (0.24, 0.72, 0.64, 0.80), centred. After Hallo's x2.0 expansion it spans x 0..1,
+# y 0.56..0.88 of the face: the mouth with its cheeks and chin, as the landmark path gives.
+LIP_FRACTION = (0.25, 0.75, 0.64, 0.80)
 
 Box = tuple[int, int, int, int]  # (min_x, max_x, min_y, max_y) pixels, end exclusive: Hallo's order
 
@@ -195,15 +203,46 @@ def _largest_face(faces: list[np.ndarray]) -> np.ndarray | None:
     return faces[int(np.argmax(areas))]
 
 
+def user_mask_boxes(user_mask: torch.Tensor, height: int, width: int, face_expand_ratio: float = 1.2,
+                    lip_expand_ratio: float = 2.0,
+                    lip_fraction: tuple[float, float, float, float] = LIP_FRACTION) -> tuple[Box, Box]:
+    """(face_box, lip_box) for Hallo's masks from a drawn MASK ((H, W) or (frames, H, W), 0..1, >= 0.5 is in).
+
+    Per frame, the box of the mask plays the landmark silhouette box and `lip_fraction` (x0, x1, y0, y1 of
+    its width / height) the outer-lip box; each is expanded as in `hallo_masks`, then united over frames.
+    With face_expand_ratio=1.0 the face box is the mask box (one pixel less on an odd side: Hallo's
+    `expand_region` halves with integer division).
+    """
+    fx0, fx1, fy0, fy1 = lip_fraction
+    if not (0 <= fx0 < fx1 <= 1 and 0 <= fy0 < fy1 <= 1):
+        raise InvalidInputError(f"lip_fraction must be (x0, x1, y0, y1) with 0 <= x0 < x1 <= 1 and "
+                                f"0 <= y0 < y1 <= 1, got {lip_fraction}")
+    faces, lips = [], []
+    for b in (b for b in mask_boxes(user_mask, height, width) if b is not None):
+        w, h = b.x1 - b.x0, b.y1 - b.y0
+        faces.append(expand_region([b.x0, b.x1, b.y0, b.y1], width, height, face_expand_ratio))
+        lip = [b.x0 + fx0 * w, b.x0 + fx1 * w, b.y0 + fy0 * h, b.y0 + fy1 * h]
+        lips.append(expand_region([round(v) for v in lip], width, height, lip_expand_ratio))
+    return union_boxes(faces), union_boxes(lips)
+
+
 def hallo_masks(images: torch.Tensor, levels: int = 4, face_expand_ratio: float = 1.2,
-                lip_expand_ratio: float = 2.0, model_dirs: Sequence[str | os.PathLike] = ()) -> HalloMasks:
+                lip_expand_ratio: float = 2.0, model_dirs: Sequence[str | os.PathLike] = (),
+                user_mask: torch.Tensor | None = None) -> HalloMasks:
     """Hallo's (full, face, lip) masks for a reference image or clip, from MediaPipe face landmarks.
 
     images: IMAGE (frames, H, W, 3) float 0..1. Returns per level (frames, h_l * w_l) float32 0..1, the
     same mask on every frame (boxes united over the frames, as Hallo's `get_union_*_mask`).
+    user_mask: optional MASK (H, W) or (frames, H, W) 0..1 replacing the landmarks (`user_mask_boxes`),
+    for faces the landmarker misses.
     """
     frames = to_uint8_frames(images)
     count, height, width = frames.shape[:3]
+    if user_mask is not None:
+        face_box, lip_box = user_mask_boxes(user_mask, height, width, face_expand_ratio, lip_expand_ratio)
+        log.info("Hallo masks from the drawn face mask on %dx%d: face box %s, lip box %s", width, height,
+                 face_box, lip_box)
+        return masks_from_boxes(face_box, lip_box, height, width, levels, frames=count)
     found = [p for p in detect_landmarks(frames, model_dirs) if p is not None]
     if not found:
         raise NoFaceError(f"no face landmarks found in the image ({width}x{height}) for Hallo's face/lip "

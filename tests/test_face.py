@@ -223,3 +223,54 @@ def test_built_landmarker_bundle_is_already_padded(model_dirs):
     with zipfile.ZipFile(find_landmarker(model_dirs)) as bundle:
         mesh = bundle.read("face_landmarks_detector.tflite")
     assert pad_mesh_output(mesh) == mesh
+
+
+# --- Hallo masks from a drawn face mask instead of landmarks ---------------------------------------------
+
+def test_hallo_masks_from_user_mask_boxes_and_values():
+    pytest.importorskip("cv2", reason="OpenCV (installed with mediapipe) is missing")
+    from emo_core.face_hallo import LIP_FRACTION, hallo_masks, masks_from_boxes, user_mask_boxes
+    user = torch.zeros(256, 320)
+    user[40:240, 100:200] = 1.0                                  # box x 100..200, y 40..240
+    face_box, lip_box = user_mask_boxes(user, 256, 320, face_expand_ratio=1.0, lip_expand_ratio=1.0)
+    assert face_box == (100, 200, 40, 240)
+    fx0, fx1, fy0, fy1 = LIP_FRACTION
+    assert lip_box == (100 + fx0 * 100, 100 + fx1 * 100, 40 + fy0 * 200, 40 + fy1 * 200)
+    face_box, lip_box = user_mask_boxes(user, 256, 320)          # Hallo's x1.2 face, x2.0 lip, shifted inside
+    assert face_box == (90, 210, 16, 256) and lip_box == (100, 200, 152, 216)
+    masks = hallo_masks(torch.rand(2, 256, 320, 3), levels=3, user_mask=user)
+    expected = masks_from_boxes(face_box, lip_box, 256, 320, levels=3, frames=2)
+    assert (masks.face_box, masks.lip_box) == (face_box, lip_box)
+    for got, want in zip(masks, expected):
+        assert [tuple(m.shape) for m in got] == [(2, 32 * 40), (2, 16 * 20), (2, 8 * 10)]
+        assert all(torch.equal(g, w) for g, w in zip(got, want))
+
+
+def test_hallo_user_mask_unites_frames_and_checks_input():
+    from emo_core.face_hallo import user_mask_boxes
+    user = torch.zeros(2, 128, 128)
+    user[0, 10:60, 10:50] = 1.0
+    user[1, 40:100, 60:120] = 0.9
+    face_box, lip_box = user_mask_boxes(user, 128, 128, face_expand_ratio=1.0, lip_expand_ratio=1.0)
+    assert face_box == (10, 120, 10, 100)
+    assert lip_box == (20, 105, 42, 88)                          # frame 0: x 20..40, y 42..50; 1: x 75..105, y 78..88
+    with pytest.raises(InvalidInputError, match="empty"):
+        user_mask_boxes(torch.zeros(128, 128), 128, 128)
+    with pytest.raises(InvalidInputError, match="resize the mask"):
+        user_mask_boxes(torch.ones(64, 128), 128, 128)
+    with pytest.raises(InvalidInputError, match="lip_fraction"):
+        user_mask_boxes(user, 128, 128, lip_fraction=(0.5, 0.4, 0.6, 0.9))
+
+
+def test_hallo_user_mask_on_the_silhouette_box_matches_the_landmarks(model_dirs, portrait):
+    """A mask painted over the landmark silhouette box gives Hallo's face box and nearly its lip box."""
+    from emo_core.face_hallo import hallo_masks
+    image = _as_image(portrait)
+    landmarks = hallo_masks(image, model_dirs=model_dirs)
+    user = torch.zeros(512, 512)
+    user[142:352, 165:353] = 1.0                                 # silhouette landmark box on this portrait
+    drawn = hallo_masks(image, user_mask=user)
+    assert drawn.face_box == landmarks.face_box
+    assert max(abs(a - b) for a, b in zip(drawn.lip_box, landmarks.lip_box)) <= 8, (drawn.lip_box, landmarks.lip_box)
+    for got, want in zip(drawn, landmarks):
+        assert (got[0] - want[0]).abs().mean() < 0.01
