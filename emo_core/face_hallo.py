@@ -176,8 +176,11 @@ def masks_from_boxes(face_box: Box, lip_box: Box, height: int, width: int, level
 
 
 def detect_landmarks(frames: torch.Tensor, model_dirs: Sequence[str | os.PathLike],
-                     max_faces: int = 4) -> list[np.ndarray | None]:
-    """Per frame of (batch, H, W, 3) uint8 RGB: (N, 2) landmark pixels (x, y) of the largest face, or None."""
+                     max_faces: int = 4, depth: bool = False) -> list[np.ndarray | None]:
+    """Per frame of (batch, H, W, 3) uint8 RGB: (N, 2) landmark pixels (x, y) of the largest face, or None.
+
+    With `depth`, (N, 3) with z scaled by the width as MediaPipe defines it (for head poses).
+    """
     mp = import_mediapipe()
     from mediapipe.tasks.python import BaseOptions, vision
 
@@ -189,15 +192,34 @@ def detect_landmarks(frames: torch.Tensor, model_dirs: Sequence[str | os.PathLik
     with vision.FaceLandmarker.create_from_options(options) as landmarker:
         for frame in frames:
             result = landmarker.detect(mp.Image(image_format=mp.ImageFormat.SRGB, data=frame.contiguous().numpy()))
-            faces = [np.array([[p.x * width, p.y * height] for p in face]) for face in result.face_landmarks]
+            faces = [np.array([[p.x * width, p.y * height] + ([p.z * width] if depth else []) for p in face])
+                     for face in result.face_landmarks]
             out.append(_largest_face(faces))
     return out
+
+
+def detect_landmarks3d(frames: torch.Tensor, model_dirs: Sequence[str | os.PathLike]) -> torch.Tensor:
+    """(frames, H, W, 3) uint8 -> (frames, N, 3) float64 landmark pixels of the largest face per frame.
+
+    Frames where no face is found take the nearest found frame's landmarks (zero speed there); a video
+    with no face at all raises NoFaceError.
+    """
+    found = detect_landmarks(frames, model_dirs, depth=True)
+    have = [i for i, lm in enumerate(found) if lm is not None]
+    if not have:
+        raise NoFaceError(f"no face found in any of the {len(found)} driving-video frames; use a video that "
+                          "shows the face, or a constant or keyframed speed instead")
+    if len(have) < len(found):
+        log.info("no face in %d of %d driving-video frames; holding the nearest pose there",
+                 len(found) - len(have), len(found))
+    filled = [found[min(have, key=lambda j: abs(j - i))] for i in range(len(found))]
+    return torch.from_numpy(np.stack(filled)).to(torch.float64)
 
 
 def _largest_face(faces: list[np.ndarray]) -> np.ndarray | None:
     if not faces:
         return None
-    areas = [np.prod(f[list(SILHOUETTE_IDS)].max(0) - f[list(SILHOUETTE_IDS)].min(0)) for f in faces]
+    areas = [np.prod(f[list(SILHOUETTE_IDS), :2].max(0) - f[list(SILHOUETTE_IDS), :2].min(0)) for f in faces]
     if len(faces) > 1:
         log.info("%d faces with landmarks found; using the largest", len(faces))
     return faces[int(np.argmax(areas))]

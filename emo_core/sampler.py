@@ -13,6 +13,7 @@ from typing import Callable
 import torch
 
 from .errors import InvalidInputError
+from .models.conditions import ReferenceFeatures
 from .network import ClipConditions, EmoNet
 from .plan import ClipPlan, clip_seed, plan_clips
 from .scheduling import SAMPLERS, build_scheduler, denoise_clip
@@ -59,6 +60,9 @@ class VideoConditions:
     identity: (E,) face-identity embedding or None (Hallo falls back to the unconditional tokens).
     speed: (frames, 2m+1, d) windowed speed buckets or None.
     num_frames: the output length; the audio's frame count.
+    reference_features: optional ReferenceNet features of `reference` from
+        EmoNet.reference_features(..., guidance=True) with the same identity, computed once and reused
+        across videos (used when sampling with guidance; otherwise recomputed).
     """
     reference: torch.Tensor
     audio: torch.Tensor
@@ -67,6 +71,7 @@ class VideoConditions:
     masks: tuple | None = None
     identity: torch.Tensor | None = None
     speed: torch.Tensor | None = None
+    reference_features: ReferenceFeatures | None = None
 
 
 @dataclass
@@ -125,8 +130,11 @@ def generate(net: EmoNet, video: VideoConditions, settings: SamplerSettings = Sa
     run.context, run.uncond_context = net.identity_tokens(
         None if video.identity is None else video.identity.reshape(1, -1), batch=1)
     reference = video.reference.to(run.device, torch.float32).unsqueeze(0) * SD15_LATENT_SCALE
-    with torch.no_grad():
-        ref = net.reference_features(reference, run.context, run.uncond_context, run.guidance > 1.0)
+    if video.reference_features is not None and run.guidance > 1.0:
+        ref = video.reference_features.to(run.device, run.dtype)
+    else:
+        with torch.no_grad():
+            ref = net.reference_features(reference, run.context, run.uncond_context, run.guidance > 1.0)
     out = torch.empty(video.num_frames, *video.reference.shape, dtype=torch.float32)
     for plan in plans:
         check_cancel()

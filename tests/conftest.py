@@ -71,3 +71,30 @@ def parity_net(parity):
 
 def meta_json(meta: dict, key: str):
     return json.loads(meta[key])
+
+
+def load_pack():
+    """The repository imported as ComfyUI imports a custom-node pack: a package from its folder, so the
+    relative imports inside nodes/ work (returns the package module, named `comfyui_emo`)."""
+    import importlib.util
+    import sys
+
+    if "comfyui_emo" in sys.modules:
+        return sys.modules["comfyui_emo"]
+    spec = importlib.util.spec_from_file_location("comfyui_emo", ROOT / "__init__.py",
+                                                  submodule_search_locations=[str(ROOT)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["comfyui_emo"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def mediapipe_models_or_skip():
+    """The MediaPipe model folder from EMO_MEDIAPIPE_MODELS, or skip (fail when EMO_REQUIRE_MEDIAPIPE=1)."""
+    raw = os.environ.get("EMO_MEDIAPIPE_MODELS")
+    if raw and Path(raw).is_dir():
+        return Path(raw)
+    why = "EMO_MEDIAPIPE_MODELS is not set; run .ci/mediapipe_models.sh DIR and export EMO_MEDIAPIPE_MODELS=DIR"
+    if os.environ.get("EMO_REQUIRE_MEDIAPIPE") == "1":
+        pytest.fail(why)
+    pytest.skip(why)

@@ -1,0 +1,178 @@
+"""The only module that touches ComfyUI services: model folders, devices and dtypes, model management,
+progress, interruption and temp files. Every service has a plain fallback so the node classes run
+(and are tested) without ComfyUI.
+
+Fallbacks: models live under $EMO_MODELS_DIR (default ./models); the device is CUDA when available,
+else CPU; progress and interruption are no-ops; temp files go to the system temp folder.
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+
+from ..emo_core.errors import MissingWeightsError
+
+log = logging.getLogger(__name__)
+
+EMO_FOLDER = "emo"
+AUDIO_FOLDER = "audio_encoders"
+MODEL_EXTENSIONS = {".safetensors", ".pth", ".pt", ".bin", ".ckpt"}
+ONNX_EXTENSIONS = {".onnx"}
+# Our own folders, registered with ComfyUI's folder_paths the first time a node lists them.
+OWN_FOLDERS = {EMO_FOLDER: MODEL_EXTENSIONS, "mediapipe": {".tflite", ".task"}, "insightface": ONNX_EXTENSIONS}
+
+
+def _comfy(name: str):
+    """A ComfyUI module, or None outside ComfyUI (the pack then uses its fallbacks)."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        return None
+
+
+def models_root() -> Path:
+    fp = _comfy("folder_paths")
+    if fp is not None:
+        return Path(fp.models_dir)
+    return Path(os.environ.get("EMO_MODELS_DIR", "models")).resolve()
+
+
+def _ensure_folders(fp) -> None:
+    for name, exts in OWN_FOLDERS.items():
+        if name not in fp.folder_names_and_paths:
+            default = os.path.join(fp.models_dir, "emo" if name == EMO_FOLDER else name)
+            fp.folder_names_and_paths[name] = ([default], set(exts))
+        if name == EMO_FOLDER and not fp.folder_names_and_paths[name][1]:
+            # extra_model_paths.yaml may create the folder first with no extensions (= every file).
+            fp.folder_names_and_paths[name] = (fp.folder_names_and_paths[name][0], set(exts))
+
+
+def folder_paths_for(folder: str) -> list[Path]:
+    """Folders searched for `folder` (ComfyUI's registered ones, including extra_model_paths.yaml)."""
+    fp = _comfy("folder_paths")
+    if fp is None:
+        return [models_root() / folder]
+    _ensure_folders(fp)
+    if folder not in fp.folder_names_and_paths:
+        return [Path(fp.models_dir) / folder]
+    return [Path(p) for p in fp.get_folder_paths(folder)]
+
+
+def list_models(folder: str, extensions: set[str] = MODEL_EXTENSIONS, with_dirs: bool = False) -> list[str]:
+    """Model files (and, with `with_dirs`, Hugging Face model folders) under a model folder, sorted."""
+    names: set[str] = set()
+    for root in folder_paths_for(folder):
+        if not root.is_dir():
+            continue
+        for path in root.rglob("*"):
+            rel = path.relative_to(root).as_posix()
+            if path.is_file() and path.suffix.lower() in extensions:
+                names.add(rel)
+            elif with_dirs and path.is_dir() and (path / "config.json").is_file():
+                names.add(rel)
+    return sorted(names)
+
+
+def model_path(folder: str, name: str) -> str:
+    """Full path of `name` in a model folder, or MissingWeightsError naming every folder searched."""
+    searched = folder_paths_for(folder)
+    for root in searched:
+        candidate = root / name
+        if candidate.exists():
+            return str(candidate)
+    raise MissingWeightsError(f"model '{name}' not found in the '{folder}' model folder; searched "
+                              f"{', '.join(str(p) for p in searched)}; put the file there (see the README)")
+
+
+def search_dirs(*folders: str) -> list[Path]:
+    """Every folder registered for the given names, for emo_core's own model lookups."""
+    return [p for f in folders for p in folder_paths_for(f)]
+
+
+def mediapipe_dirs() -> list[Path]:
+    """MediaPipe face models: $EMO_MEDIAPIPE_MODELS first, then models/mediapipe (see the README)."""
+    from ..emo_core.face_models import model_search_dirs
+
+    return model_search_dirs(None, folder_paths_for("mediapipe"))
+
+
+# -- devices, dtypes, model management ------------------------------------------------------------
+def torch_device() -> torch.device:
+    mm = _comfy("comfy.model_management")
+    if mm is not None:
+        return mm.get_torch_device()
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def offload_device() -> torch.device:
+    mm = _comfy("comfy.model_management")
+    return mm.unet_offload_device() if mm is not None else torch.device("cpu")
+
+
+def choose_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """'auto' = what ComfyUI recommends for a UNet on `device` (fallback: fp16 on CUDA, else fp32)."""
+    fixed = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+    if precision in fixed:
+        return fixed[precision]
+    mm = _comfy("comfy.model_management")
+    if mm is not None:
+        return mm.unet_dtype(device=device, supported_dtypes=[torch.float16, torch.bfloat16, torch.float32])
+    return torch.float16 if device.type == "cuda" else torch.float32
+
+
+def wrap_model(module: torch.nn.Module, device: torch.device):
+    """A ComfyUI ModelPatcher around the module so model management can offload it, or None."""
+    patcher = _comfy("comfy.model_patcher")
+    if patcher is None:
+        return None
+    return patcher.ModelPatcher(module, load_device=device, offload_device=offload_device())
+
+
+def load_on_device(module: torch.nn.Module, patcher, device: torch.device) -> torch.nn.Module:
+    """Make room and move the module to its device right before use (ComfyUI may offload it later)."""
+    mm = _comfy("comfy.model_management")
+    if mm is not None and patcher is not None:
+        mm.load_models_gpu([patcher])
+        return module
+    return module.to(device)
+
+
+# -- progress, interruption, temp files -----------------------------------------------------------
+def check_interrupt() -> None:
+    """Raise ComfyUI's interruption exception when the user pressed Cancel."""
+    mm = _comfy("comfy.model_management")
+    if mm is not None:
+        mm.throw_exception_if_processing_interrupted()
+
+
+class ProgressReporter:
+    """Moves ComfyUI's progress bar (a cancel point too) and sends `emo.progress` with the clip and step."""
+
+    def __init__(self, total: int):
+        utils = _comfy("comfy.utils")
+        self.bar = utils.ProgressBar(total) if utils is not None else None
+        server = _comfy("server")
+        self.server = getattr(getattr(server, "PromptServer", None), "instance", None)
+        context = _comfy("comfy_execution.utils")
+        self.context = context.get_executing_context() if context is not None else None
+
+    def __call__(self, p) -> None:
+        if self.bar is not None:
+            self.bar.update_absolute(p.done, p.total)
+        if self.server is not None:
+            data = {"clip": p.clip, "clips": p.clips, "step": p.step, "steps": p.steps}
+            if self.context is not None:
+                data.update(prompt_id=self.context.prompt_id, node=self.context.node_id)
+            self.server.send_sync("emo.progress", data, getattr(self.server, "client_id", None))
+
+
+def temp_directory() -> Path:
+    fp = _comfy("folder_paths")
+    path = Path(fp.get_temp_directory()) if fp is not None else Path(tempfile.gettempdir()) / "comfyui-emo"
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -1,0 +1,83 @@
+"""Handles passed between our nodes (types EMO_MODEL, EMO_AUDIO_ENCODER, EMO_REFERENCE, ...)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+
+@dataclass(eq=False)
+class EmoModel:
+    """EMO_MODEL: the network on its offload device, the ComfyUI ModelPatcher (or None) and its file."""
+    net: Any
+    path: str
+    device: torch.device
+    dtype: torch.dtype
+    patcher: Any = None
+
+    @property
+    def config(self):
+        return self.net.config
+
+
+@dataclass(eq=False)
+class AudioEncoder:
+    """EMO_AUDIO_ENCODER: a transformers Wav2Vec2Model in eval mode and its file or folder."""
+    model: Any
+    path: str
+
+
+@dataclass(eq=False)
+class FaceEmbedderHandle:
+    """EMO_FACE_EMBEDDER: emo_core.identity.FaceEmbedder and the MediaPipe folders for its keypoints."""
+    embedder: Any
+    landmark_dirs: list = field(default_factory=list)
+
+
+@dataclass(eq=False)
+class Reference:
+    """EMO_REFERENCE: the portrait's unscaled latent (4, h, w), its identity embedding (E,) or None,
+    its ReferenceNet features (computed once, for guided sampling) and the model they belong to."""
+    latent: torch.Tensor
+    identity: torch.Tensor | None
+    features: Any
+    model: EmoModel
+    image_size: tuple[int, int]
+
+
+@dataclass(eq=False)
+class AudioFeaturesHandle:
+    """EMO_AUDIO_FEATURES: emo_core.audio.AudioFeatures and the clip settings they were padded for."""
+    features: Any
+    clip_length: int
+    motion_frames: int
+
+
+@dataclass(eq=False)
+class FaceRegionHandle:
+    """EMO_FACE_REGION: emo_core.face.FaceRegion and, for Hallo checkpoints, its full/face/lip masks."""
+    region: Any
+    hallo_masks: Any = None
+
+
+@dataclass(eq=False)
+class SpeedSchedule:
+    """EMO_SPEED: head speed in rad/s per output frame, made on demand for the video's frame count.
+
+    kind: constant | keyframes | measured. value: the speed, the keyframes, or (speeds (n,), fps).
+    """
+    kind: str
+    value: Any
+
+    def per_frame(self, frames: int, fps: float) -> torch.Tensor:
+        from ..emo_core import speed
+
+        if self.kind == "constant":
+            return speed.constant_speed(self.value, frames)
+        if self.kind == "keyframes":
+            return speed.keyframe_speed(self.value, frames)
+        measured, video_fps = self.value
+        # A driving video at another frame rate: sample its speed at each output frame's time.
+        t = torch.arange(frames, dtype=torch.float64) / fps * video_fps
+        return measured[t.round().long().clamp(0, measured.shape[0] - 1)]

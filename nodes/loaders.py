@@ -1,0 +1,94 @@
+"""Loader nodes: the EMO model (models/emo), the audio encoder (models/audio_encoders), and the optional
+face-identity model (models/insightface)."""
+from __future__ import annotations
+
+import logging
+
+from ..emo_core.errors import MissingWeightsError
+from . import comfy_services as services
+from .comfy_services import mediapipe_dirs
+from .handles import AudioEncoder, EmoModel, FaceEmbedderHandle
+
+log = logging.getLogger(__name__)
+PRECISIONS = ["auto", "fp16", "bf16", "fp32"]
+
+
+def _choices(names: list[str], folder: str) -> list[str]:
+    # An empty dropdown breaks the graph; a placeholder makes the missing file a readable error instead.
+    return names or [f"(no files in models/{folder})"]
+
+
+class EmoModelLoader:
+    """Loads an EMO network: a native EMO .safetensors or a Hallo net.pth / .safetensors."""
+    CATEGORY = "EMO/loaders"
+    RETURN_TYPES = ("EMO_MODEL",)
+    RETURN_NAMES = ("emo_model",)
+    FUNCTION = "load"
+    DESCRIPTION = "Load an EMO or Hallo checkpoint from models/emo."
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        names = _choices(services.list_models(services.EMO_FOLDER), services.EMO_FOLDER)
+        return {"required": {
+            "model_name": (names, {"tooltip": "Checkpoint in models/emo: Hallo's net.pth (or .safetensors) or a "
+                                              "native EMO .safetensors."}),
+            "precision": (PRECISIONS, {"default": "auto", "tooltip": "Weights dtype; auto follows ComfyUI's "
+                                                                      "choice for this device."}),
+        }}
+
+    def load(self, model_name, precision):
+        from ..emo_core.checkpoint import load_network
+
+        path = services.model_path(services.EMO_FOLDER, model_name)
+        device = services.torch_device()
+        dtype = services.choose_dtype(precision, device)
+        net = load_network(path, dtype=dtype, device=services.offload_device())
+        log.info("EMO model %s: family %s, %s on %s", model_name, net.config.family, dtype, device)
+        return (EmoModel(net, path, device, dtype, services.wrap_model(net, device)),)
+
+
+class EmoAudioEncoderLoader:
+    """Loads wav2vec2 (e.g. wav2vec2-base-960h) as a single safetensors file or a Hugging Face folder."""
+    CATEGORY = "EMO/loaders"
+    RETURN_TYPES = ("EMO_AUDIO_ENCODER",)
+    RETURN_NAMES = ("audio_encoder",)
+    FUNCTION = "load"
+    DESCRIPTION = "Load a wav2vec2 audio encoder from models/audio_encoders."
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        names = services.list_models(services.AUDIO_FOLDER, {".safetensors"}, with_dirs=True)
+        return {"required": {"encoder_name": (_choices(names, services.AUDIO_FOLDER), {
+            "tooltip": "wav2vec2-base-960h: ComfyUI's single-file .safetensors or the Hugging Face folder."})}}
+
+    def load(self, encoder_name):
+        from ..emo_core.wav2vec import load_wav2vec
+
+        path = services.model_path(services.AUDIO_FOLDER, encoder_name)
+        return (AudioEncoder(load_wav2vec(path), path),)
+
+
+class EmoFaceEmbedderLoader:
+    """Loads insightface's ArcFace recognition model (w600k_r50.onnx) for Hallo's identity tokens."""
+    CATEGORY = "EMO/loaders"
+    RETURN_TYPES = ("EMO_FACE_EMBEDDER",)
+    RETURN_NAMES = ("face_embedder",)
+    FUNCTION = "load"
+    DESCRIPTION = "Face-identity model for Hallo checkpoints (needs onnxruntime)."
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        names = services.list_models("insightface", services.ONNX_EXTENSIONS)
+        return {"required": {"model_name": (_choices(names, "insightface"), {
+            "tooltip": "w600k_r50.onnx from insightface's buffalo_l pack, e.g. "
+                       "models/insightface/models/buffalo_l/w600k_r50.onnx."})}}
+
+    def load(self, model_name):
+        from ..emo_core.identity import FaceEmbedder
+
+        try:
+            path = services.model_path("insightface", model_name)
+        except MissingWeightsError:
+            path = services.model_path(services.EMO_FOLDER, f"insightface/{model_name}")
+        dirs = mediapipe_dirs()
+        return (FaceEmbedderHandle(FaceEmbedder(path), dirs),)

@@ -1,0 +1,81 @@
+"""EMO_Sampler: every frame of the video as a LATENT, clip after clip, for ComfyUI's VAEDecode."""
+from __future__ import annotations
+
+from ..emo_core.errors import InvalidInputError
+from ..emo_core.sampler import SamplerSettings, VaeCodec, VideoConditions, generate
+from ..emo_core.scheduling import SAMPLERS
+from ..emo_core.speed import speed_features
+from . import comfy_services as services
+
+
+def _vae_codec(vae) -> VaeCodec | None:
+    if vae is None:
+        return None
+    return VaeCodec(encode=lambda images: vae.encode(images[..., :3]).float(),
+                    decode=lambda latents: vae.decode(latents).float())
+
+
+def _check_sizes(reference, face_region) -> None:
+    h, w = reference.latent.shape[-2:]
+    fh, fw = face_region.region.mask.shape[-2:]
+    if (fh, fw) != (h * 8, w * 8):
+        raise InvalidInputError(f"the face region was found on a {fw}x{fh} image but the reference is "
+                                f"{w * 8}x{h * 8}; connect the same portrait to EMO Face Locator")
+
+
+class EmoSampler:
+    """Denoises the whole video clip by clip; the last n frames of each clip drive the next."""
+    CATEGORY = "EMO/sampling"
+    RETURN_TYPES = ("LATENT",)
+    RETURN_NAMES = ("latent",)
+    OUTPUT_TOOLTIPS = ("Every frame (exactly the audio's frame count); decode with VAE Decode.",)
+    FUNCTION = "sample"
+    DESCRIPTION = "Chunked EMO sampling: any audio length, memory bounded by one clip."
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "emo_model": ("EMO_MODEL", {"tooltip": "From EMO Model Loader."}),
+            "reference": ("EMO_REFERENCE", {"tooltip": "From EMO Reference Encode."}),
+            "audio_features": ("EMO_AUDIO_FEATURES", {"tooltip": "From EMO Audio Features."}),
+            "face_region": ("EMO_FACE_REGION", {"tooltip": "From EMO Face Locator (same portrait)."}),
+            "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
+                             "tooltip": "Clip k's noise depends only on (seed, k)."}),
+            "steps": ("INT", {"default": 40, "min": 1, "max": 200, "tooltip": "Denoising steps per clip (40 in "
+                                                                              "EMO and Hallo)."}),
+            "cfg": ("FLOAT", {"default": 3.5, "min": 0.0, "max": 20.0, "step": 0.1,
+                              "tooltip": "Classifier-free guidance scale (Hallo: 3.5); <= 1 disables it."}),
+            "sampler_name": (list(SAMPLERS), {"default": "ddim", "tooltip": "DDIM is what EMO and Hallo use."}),
+        }, "optional": {
+            "speed": ("EMO_SPEED", {"tooltip": "Head speed for EMO checkpoints (ignored by Hallo)."}),
+            "vae": ("VAE", {"tooltip": "Hallo re-encodes the motion frames from pixels; without a VAE they are "
+                                       "carried as latents."}),
+            "pose_weight": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 3.0, "step": 0.05,
+                                      "tooltip": "Hallo: weight of audio on the whole image (head pose)."}),
+            "face_weight": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 3.0, "step": 0.05,
+                                      "tooltip": "Hallo: weight of audio on the face (expression)."}),
+            "lip_weight": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 3.0, "step": 0.05,
+                                     "tooltip": "Hallo: weight of audio on the lips."}),
+        }}
+
+    def sample(self, emo_model, reference, audio_features, face_region, seed, steps, cfg, sampler_name,
+               speed=None, vae=None, pose_weight=1.0, face_weight=1.0, lip_weight=1.0):
+        if reference.model is not emo_model:
+            raise InvalidInputError("the reference was encoded with another EMO model; connect the same "
+                                    "EMO Model Loader to EMO Reference Encode and EMO Sampler")
+        _check_sizes(reference, face_region)
+        feats = audio_features.features
+        video = VideoConditions(
+            reference=reference.latent, audio=feats.windowed(), num_frames=feats.num_frames,
+            face_mask=face_region.region.locator_input[0], identity=reference.identity,
+            masks=None if face_region.hallo_masks is None else tuple(face_region.hallo_masks),
+            reference_features=reference.features)
+        if speed is not None and emo_model.config.speed is not None:
+            video.speed = speed_features(speed.per_frame(feats.num_frames, feats.fps), emo_model.config.speed)
+        settings = SamplerSettings(steps=steps, guidance_scale=cfg, seed=seed, sampler=sampler_name,
+                                   motion_scale=(pose_weight, face_weight, lip_weight))
+        net = services.load_on_device(emo_model.net, emo_model.patcher, emo_model.device)
+        clips = -(-feats.num_frames // net.config.clip_length)
+        latents = generate(net, video, settings, codec=_vae_codec(vae),
+                           on_step=services.ProgressReporter(clips * steps), check_cancel=services.check_interrupt)
+        return ({"samples": latents},)

@@ -1,0 +1,55 @@
+"""ComfyUI-format values for node tests without ComfyUI: IMAGE/AUDIO tensors from the shared fixtures and a
+VAE object with ComfyUI's encode/decode API around a tiny random diffusers AutoencoderKL."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from PIL import Image
+from scipy.io import wavfile
+
+from conftest import SHARED
+
+FIXTURES = SHARED / "fixtures"
+
+
+def load_image(name: str, size: int | None = None) -> torch.Tensor:
+    """IMAGE [1, H, W, 3] float32 0..1, as LoadImage gives it."""
+    img = Image.open(FIXTURES / name).convert("RGB")
+    if size:
+        img = img.resize((size, size), Image.BICUBIC)
+    return torch.from_numpy(np.asarray(img).astype(np.float32) / 255.0)[None]
+
+
+def load_audio(name: str, seconds: float | None = None) -> dict:
+    """AUDIO {"waveform": [1, C, T] float32 -1..1, "sample_rate"} as LoadAudio gives it."""
+    rate, data = wavfile.read(FIXTURES / name)
+    wave = torch.from_numpy(data.astype(np.float32) / 32768.0)
+    wave = wave[None] if wave.dim() == 1 else wave.T
+    if seconds:
+        wave = wave[:, : int(rate * seconds)]
+    return {"waveform": wave[None].contiguous(), "sample_rate": int(rate)}
+
+
+class TinyVAE:
+    """ComfyUI's VAE API: encode(IMAGE [B,H,W,3] 0..1) -> raw latent [B,4,H/8,W/8]; decode -> IMAGE."""
+
+    def __init__(self, seed: int = 0):
+        from diffusers import AutoencoderKL
+
+        torch.manual_seed(seed)
+        self.model = AutoencoderKL(block_out_channels=(8, 8, 8, 8), layers_per_block=1, norm_num_groups=4,
+                                   latent_channels=4,
+                                   down_block_types=("DownEncoderBlock2D",) * 4,
+                                   up_block_types=("UpDecoderBlock2D",) * 4).eval()
+        self.encoded = 0
+
+    @torch.no_grad()
+    def encode(self, image: torch.Tensor) -> torch.Tensor:
+        self.encoded += image.shape[0]
+        x = image[..., :3].permute(0, 3, 1, 2) * 2 - 1
+        return self.model.encode(x).latent_dist.mode()
+
+    @torch.no_grad()
+    def decode(self, latent: torch.Tensor) -> torch.Tensor:
+        x = self.model.decode(latent).sample
+        return ((x + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1)

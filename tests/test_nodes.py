@@ -1,0 +1,182 @@
+"""The node classes without ComfyUI: real ComfyUI-format tensors through the whole chain (tiny models)
+down to a LATENT of exactly the audio's frame count, plus readable errors and the node schemas."""
+from __future__ import annotations
+
+import math
+import shutil
+
+import pytest
+import torch
+
+from comfy_fakes import TinyVAE, load_audio, load_image
+from conftest import load_pack, mediapipe_models_or_skip, parity_dir, tiny_emo_config
+
+pack = load_pack()
+N = pack.NODE_CLASS_MAPPINGS
+errors = pack.emo_core.errors
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory):
+    from emo_core.checkpoint import save_native
+    from emo_core.network import EmoNet
+
+    root = tmp_path_factory.mktemp("models")
+    (root / "emo").mkdir()
+    torch.manual_seed(0)
+    save_native(EmoNet(tiny_emo_config(clip_length=4, motion_frames=2)).eval(), str(root / "emo" / "tiny_emo.safetensors"))
+    shutil.copy(parity_dir() / "net.safetensors", root / "emo" / "hallo_tiny.safetensors")
+    shutil.copytree(parity_dir() / "wav2vec2", root / "audio_encoders" / "wav2vec2-tiny")
+    return root
+
+
+@pytest.fixture
+def env(models_dir, monkeypatch):
+    monkeypatch.setenv("EMO_MODELS_DIR", str(models_dir))
+    monkeypatch.setenv("EMO_MEDIAPIPE_MODELS", str(mediapipe_models_or_skip()))
+    return models_dir
+
+
+def run(node_id, **kwargs):
+    node = N[node_id]()
+    out = getattr(node, node.FUNCTION)(**kwargs)
+    return out["result"] if isinstance(out, dict) else out
+
+
+def chain(model_name, seconds=0.7, size=128, steps=2, **sampler_kwargs):
+    (model,) = run("EMO_ModelLoader", model_name=model_name, precision="auto")
+    (encoder,) = run("EMO_AudioEncoderLoader", encoder_name="wav2vec2-tiny")
+    vae = TinyVAE()
+    portrait = load_image("portrait_astronaut_512.png", size)
+    (reference,) = run("EMO_ReferenceEncode", emo_model=model, vae=vae, image=portrait)
+    audio = load_audio("speech_en_44k_stereo.wav", seconds)
+    feats, frames, fps = run("EMO_AudioFeatures", emo_model=model, audio_encoder=encoder, audio=audio, fps=25.0)
+    region, mask = run("EMO_FaceLocator", emo_model=model, image=portrait, expand_ratio=1.2)
+    (latent,) = run("EMO_Sampler", emo_model=model, reference=reference, audio_features=feats, face_region=region,
+                    seed=1, steps=steps, cfg=3.5, sampler_name="ddim", vae=vae, **sampler_kwargs)
+    return latent, frames, fps, mask, vae
+
+
+def test_emo_chain_gives_a_latent_of_exactly_the_audio_frame_count(env):
+    (speed,) = run("EMO_SpeedConstant", speed=0.8)
+    latent, frames, fps, mask, vae = chain("tiny_emo.safetensors", speed=speed)
+    assert frames == math.ceil(0.7 * 25) and fps == 25.0
+    assert latent["samples"].shape == (frames, 4, 16, 16)
+    assert torch.isfinite(latent["samples"]).all()
+    assert mask.shape == (1, 128, 128) and 0 < mask.mean() < 0.6
+    images = vae.decode(latent["samples"])  # what ComfyUI's VAEDecode hands to CreateVideo
+    assert images.shape == (frames, 128, 128, 3)
+
+
+def test_hallo_chain_re_encodes_motion_frames_through_the_vae(env):
+    latent, frames, _, _, vae = chain("hallo_tiny.safetensors", seconds=0.8, size=64)
+    assert latent["samples"].shape == (frames, 4, 8, 8)
+    clips = math.ceil(frames / 16)
+    # 1 reference encode + n re-encoded motion frames per later clip
+    assert vae.encoded == 1 + 2 * (clips - 1)
+
+
+def test_audio_node_reports_duration_frames_and_clips(env):
+    (model,) = run("EMO_ModelLoader", model_name="tiny_emo.safetensors", precision="fp32")
+    (encoder,) = run("EMO_AudioEncoderLoader", encoder_name="wav2vec2-tiny")
+    out = N["EMO_AudioFeatures"]().extract(model, encoder, load_audio("speech_en_16k_mono.wav", 1.0), 25.0)
+    info = out["ui"]["emo_audio"][0]
+    assert info == {"duration": 1.0, "frames": 25, "fps": 25.0, "clips": 7, "clip_length": 4,
+                    "motion_frames": 2, "sample_rate": 16000, "channels": 1}
+    assert out["result"][1] == 25
+
+
+def test_face_locator_preview_and_user_mask(env):
+    (model,) = run("EMO_ModelLoader", model_name="tiny_emo.safetensors", precision="fp32")
+    portrait = load_image("portrait_astronaut_512.png")
+    out = N["EMO_FaceLocator"]().locate(model, portrait, 1.2)
+    x0, y0, x1, y1 = out["ui"]["emo_face"][0]["box"]
+    assert 100 < x0 < 200 and 300 < x1 < 420 and 90 < y0 < 200 and 300 < y1 < 420
+    preview = out["ui"]["images"][0]
+    assert (pack.nodes.comfy_services.temp_directory() / preview["filename"]).is_file()
+    drawn = torch.zeros(1, 512, 512)
+    drawn[0, 100:200, 300:400] = 1
+    noface = load_image("noface_coffee_512.png")
+    region, mask = N["EMO_FaceLocator"]().locate(model, noface, 1.0, face_mask=drawn)["result"]
+    assert region.region.box == (300, 100, 400, 200) and torch.equal(mask[0], drawn[0])
+
+
+def test_no_face_is_one_readable_sentence(env):
+    (model,) = run("EMO_ModelLoader", model_name="tiny_emo.safetensors", precision="fp32")
+    with pytest.raises(errors.EmoError, match="no face") as err:
+        N["EMO_FaceLocator"]().locate(model, load_image("noface_coffee_512.png"), 1.2)
+    assert "mask" in str(err.value)
+
+
+def test_missing_model_names_the_file_and_folder(env):
+    with pytest.raises(errors.MissingWeightsError, match="net.pth.*emo"):
+        run("EMO_ModelLoader", model_name="net.pth", precision="auto")
+
+
+def test_wrong_checkpoint_family_is_explained(env, models_dir):
+    shutil.copy(models_dir / "audio_encoders" / "wav2vec2-tiny" / "model.safetensors",
+                models_dir / "emo" / "not_emo.safetensors")
+    try:
+        with pytest.raises(errors.IncompatibleCheckpointError, match="wav2vec2"):
+            run("EMO_ModelLoader", model_name="not_emo.safetensors", precision="auto")
+    finally:
+        (models_dir / "emo" / "not_emo.safetensors").unlink()
+
+
+def test_loader_lists_only_model_files(env, models_dir):
+    (models_dir / "emo" / "notes.txt").write_text("not a model")
+    names = N["EMO_ModelLoader"].INPUT_TYPES()["required"]["model_name"][0]
+    assert names == ["hallo_tiny.safetensors", "tiny_emo.safetensors"]
+    encoders = N["EMO_AudioEncoderLoader"].INPUT_TYPES()["required"]["encoder_name"][0]
+    assert encoders == ["wav2vec2-tiny", "wav2vec2-tiny/model.safetensors"]
+
+
+def test_mismatched_face_region_and_reference_sizes(env):
+    (model,) = run("EMO_ModelLoader", model_name="tiny_emo.safetensors", precision="fp32")
+    (reference,) = run("EMO_ReferenceEncode", emo_model=model, vae=TinyVAE(),
+                       image=load_image("portrait_astronaut_512.png", 128))
+    region, _ = run("EMO_FaceLocator", emo_model=model, image=load_image("portrait_astronaut_512.png", 256),
+                    expand_ratio=1.2)
+    (encoder,) = run("EMO_AudioEncoderLoader", encoder_name="wav2vec2-tiny")
+    feats, _, _ = run("EMO_AudioFeatures", emo_model=model, audio_encoder=encoder,
+                      audio=load_audio("speech_en_16k_mono.wav", 0.3), fps=25.0)
+    with pytest.raises(errors.InvalidInputError, match="same portrait"):
+        run("EMO_Sampler", emo_model=model, reference=reference, audio_features=feats, face_region=region,
+            seed=0, steps=1, cfg=3.5, sampler_name="ddim")
+
+
+def test_odd_image_size_and_bad_keyframes(env):
+    (model,) = run("EMO_ModelLoader", model_name="tiny_emo.safetensors", precision="fp32")
+    with pytest.raises(errors.InvalidInputError, match="multiples of 8"):
+        run("EMO_ReferenceEncode", emo_model=model, vae=TinyVAE(), image=torch.rand(1, 100, 100, 3))
+    assert "keyframe" in N["EMO_SpeedKeyframes"].VALIDATE_INPUTS("0:0.2, x")
+    assert N["EMO_SpeedKeyframes"].VALIDATE_INPUTS("0:0.2, 10:1") is True
+
+
+def test_speed_schedules_per_frame():
+    (k,) = run("EMO_SpeedKeyframes", keyframes="0:0, 10:1")
+    speeds = k.per_frame(12, 25.0)
+    assert speeds[0] == 0 and speeds[10] == 1 and speeds[11] == 1 and abs(speeds[5] - 0.5) < 1e-9
+    measured = pack.nodes.handles.SpeedSchedule("measured", (torch.arange(10, dtype=torch.float64), 50.0))
+    assert measured.per_frame(5, 25.0).tolist() == [0, 2, 4, 6, 8]  # a 50 fps video sampled at 25 fps
+
+
+# -- schemas ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("node_id", sorted(N))
+def test_schema(node_id, env):
+    cls = N[node_id]
+    assert node_id.startswith("EMO_") and cls.CATEGORY.startswith("EMO/")
+    assert pack.NODE_DISPLAY_NAME_MAPPINGS[node_id].startswith("EMO ")
+    assert callable(getattr(cls, cls.FUNCTION))
+    assert len(getattr(cls, "RETURN_NAMES", cls.RETURN_TYPES)) == len(cls.RETURN_TYPES)
+    spec = cls.INPUT_TYPES()
+    assert set(spec) <= {"required", "optional", "hidden"}
+    for group in ("required", "optional"):
+        for name, entry in spec.get(group, {}).items():
+            assert len(entry) == 2 and entry[1].get("tooltip"), f"{node_id}.{name} has no tooltip"
+            kind, opts = entry
+            if kind in ("INT", "FLOAT"):
+                assert opts["min"] <= opts["default"] <= opts["max"], f"{node_id}.{name} default out of range"
+            if isinstance(kind, list):
+                assert kind and all(isinstance(v, str) for v in kind)
+                assert opts.get("default", kind[0]) in kind
