@@ -180,3 +180,19 @@ def test_schema(node_id, env):
             if isinstance(kind, list):
                 assert kind and all(isinstance(v, str) for v in kind)
                 assert opts.get("default", kind[0]) in kind
+
+
+def test_speed_from_a_driving_video_recovers_a_known_head_roll(env):
+    """Portrait frames rolled 2 degrees more each frame at 25 fps: 50 deg/s = 0.87 rad/s."""
+    from PIL import Image
+
+    import numpy as np
+    base = Image.open(__import__("comfy_fakes").FIXTURES / "portrait_astronaut_512.png").convert("RGB")
+    frames = [np.asarray(base.rotate(2.0 * i, resample=Image.BICUBIC, center=(260, 250))) for i in range(10)]
+    images = torch.from_numpy(np.stack(frames).astype(np.float32) / 255.0)
+    schedule, mean = run("EMO_SpeedFromVideo", images=images, fps=25.0, smoothing=3)
+    expected = math.radians(2.0) * 25
+    assert abs(mean - expected) < 0.2 * expected, (mean, expected)
+    still, still_mean = run("EMO_SpeedFromVideo", images=images[:1].expand(6, -1, -1, -1), fps=25.0, smoothing=3)
+    assert still_mean < 0.05
+    assert schedule.per_frame(20, 50.0).shape == (20,)
