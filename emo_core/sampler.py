@@ -63,6 +63,8 @@ class VideoConditions:
     reference_features: optional ReferenceNet features of `reference` from
         EmoNet.reference_features(..., guidance=True) with the same identity, computed once and reused
         across videos (used when sampling with guidance; otherwise recomputed).
+    first_motion: optional (n, 4, h, w) UNSCALED latents that replace the family's first-clip rule, e.g.
+        the last frames of an earlier segment to continue it seamlessly.
     """
     reference: torch.Tensor
     audio: torch.Tensor
@@ -72,6 +74,7 @@ class VideoConditions:
     identity: torch.Tensor | None = None
     speed: torch.Tensor | None = None
     reference_features: ReferenceFeatures | None = None
+    first_motion: torch.Tensor | None = None
 
 
 @dataclass
@@ -106,22 +109,25 @@ class _Run:
     codec: VaeCodec | None
     device: torch.device
     dtype: torch.dtype
+    noise_fn: Callable[[int, tuple], torch.Tensor] | None = None
     context: torch.Tensor = field(init=False)
     uncond_context: torch.Tensor = field(init=False)
 
 
 def generate(net: EmoNet, video: VideoConditions, settings: SamplerSettings = SamplerSettings(), *,
              codec: VaeCodec | None = None, on_step: Callable[[Progress], None] = lambda p: None,
-             check_cancel: Callable[[], None] = lambda: None) -> torch.Tensor:
+             check_cancel: Callable[[], None] = lambda: None,
+             noise_fn: Callable[[int, tuple], torch.Tensor] | None = None) -> torch.Tensor:
     """Generate every frame: -> (num_frames, 4, h, w) float32 UNSCALED latents on the CPU.
 
-    `check_cancel` runs between steps and clips and may raise; then nothing is returned.
+    `check_cancel` runs between steps and clips and may raise; then nothing is returned. `noise_fn(clip,
+    shape)` replaces the seeded noise (tests feed a fixture's noise through it).
     """
     settings.validate()
     p = next(net.parameters())
     run = _Run(net, video, settings, settings.clip_length or net.config.clip_length,
                net.config.guidance_scale if settings.guidance_scale is None else settings.guidance_scale,
-               codec, p.device, p.dtype)
+               codec, p.device, p.dtype, noise_fn)
     _check_inputs(run)
     plans = plan_clips(video.num_frames, run.clip_length, net.config.motion_frames)
     log.info("EMO sampling: %d frames in %d clip(s) of %d, %d steps, guidance %.2f, %s, seed %d",
@@ -155,6 +161,10 @@ def _check_inputs(run: _Run) -> None:
         raise InvalidInputError("the audio features are empty")
     if cfg.audio_attention.form == "hierarchical" and v.masks is None:
         raise InvalidInputError("this checkpoint family needs Hallo's full/face/lip masks (face_hallo.hallo_masks)")
+    n = cfg.motion_frames
+    if v.first_motion is not None and tuple(v.first_motion.shape) != (n, *v.reference.shape):
+        raise InvalidInputError(f"first_motion must be ({n}, {', '.join(map(str, v.reference.shape))}) unscaled "
+                                f"latents, got {tuple(v.first_motion.shape)}")
     if run.clip_length + cfg.motion_frames > cfg.motion.max_len:
         raise InvalidInputError(f"clip_length {run.clip_length} + {cfg.motion_frames} motion frames exceed the "
                                 f"temporal modules' {cfg.motion.max_len} positions; use a shorter clip")
@@ -166,6 +176,8 @@ def _motion_latents(run: _Run, plan: ClipPlan, reference: torch.Tensor, out: tor
     if n == 0:
         return None
     if plan.motion_from is None:
+        if run.video.first_motion is not None:
+            return (run.video.first_motion.to(run.device, torch.float32) * SD15_LATENT_SCALE).unsqueeze(0)
         if run.net.config.first_motion == "zeros":
             return None
         return reference.unsqueeze(1).expand(-1, n, -1, -1, -1)
@@ -187,7 +199,9 @@ def _sample_clip(run: _Run, plan: ClipPlan, ref, motion, clips: int, on_step, ch
     cond = _clip_conditions(run, plan, feats)
     h, w = run.video.reference.shape[-2:]
     gen = torch.Generator().manual_seed(clip_seed(s.seed, plan.index))
-    noise = torch.randn((1, 4, plan.length, h, w), generator=gen, dtype=torch.float32).to(run.device)
+    shape = (1, 4, plan.length, h, w)
+    noise = run.noise_fn(plan.index, shape) if run.noise_fn else torch.randn(shape, generator=gen)
+    noise = noise.to(run.device, torch.float32)
     scheduler = build_scheduler(net.config.family, sampler=s.sampler)
     total = clips * s.steps
 

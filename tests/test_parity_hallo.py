@@ -134,3 +134,26 @@ def test_semantic_errors_are_caught(parity, parity_net, mistake):
                                            float(cases["denoise_step.guidance_scale"]))
     with pytest.raises(AssertionError):
         assert_close(conditional, cases["denoise_step.noise_pred_cond"], **STEP)
+
+
+@torch.no_grad()
+def test_sample_clip_reproduces_through_the_chunked_sampler(parity, parity_net):
+    """The fixture's whole sample_clip case through emo_core.sampler.generate: reference and motion-frame
+    latents, audio windows, face mask, masks, identity, noise and schedule all from the fixture."""
+    from emo_core.sampler import SD15_LATENT_SCALE, SamplerSettings, VideoConditions, generate
+
+    _, cases, meta = parity
+    lat = cases["reference.latents"] / SD15_LATENT_SCALE  # the sampler takes ComfyUI's unscaled latents
+    frames = cases["sample_clip.noise"].shape[2]
+    levels = len([k for k in cases if k.startswith("denoise_step.full_mask.")])
+    masks = tuple([cases[f"denoise_step.{kind}_mask.{lv}"] for lv in range(levels)] for kind in ("full", "face", "lip"))
+    video = VideoConditions(reference=lat[0], audio=cases["audioproj.in"][0], num_frames=frames,
+                            face_mask=cases["face_locator.in"][0], masks=masks, identity=cases["imageproj.in"][0],
+                            first_motion=lat[1:])
+    assert meta_json(meta, "scheduler_config")["prediction_type"] == "v_prediction"
+    settings = SamplerSettings(steps=int(cases["sample_clip.num_inference_steps"]), clip_length=frames,
+                               guidance_scale=float(meta["guidance_scale"]), eta=float(meta["eta"]),
+                               motion_scale=tuple(cases["denoise_step.motion_scale"].tolist()))
+    out = generate(parity_net, video, settings, noise_fn=lambda clip, shape: cases["sample_clip.noise"])
+    expected = cases["sample_clip.latents_final"][0].permute(1, 0, 2, 3) / SD15_LATENT_SCALE
+    assert_close(out, expected, atol=5e-4 / SD15_LATENT_SCALE, rtol=5e-4)
