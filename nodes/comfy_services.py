@@ -23,8 +23,14 @@ EMO_FOLDER = "emo"
 AUDIO_FOLDER = "audio_encoders"
 MODEL_EXTENSIONS = {".safetensors", ".pth", ".pt", ".bin", ".ckpt"}
 ONNX_EXTENSIONS = {".onnx"}
-# Our own folders, registered with ComfyUI's folder_paths the first time a node lists them.
-OWN_FOLDERS = {EMO_FOLDER: MODEL_EXTENSIONS, "mediapipe": {".tflite", ".task"}, "insightface": ONNX_EXTENSIONS}
+# Our own folders, registered with ComfyUI's folder_paths the first time a node lists them:
+# name -> (extensions, default subfolders of the models folder).
+OWN_FOLDERS = {
+    EMO_FOLDER: (MODEL_EXTENSIONS, ("emo",)),
+    "mediapipe": ({".tflite", ".task"}, ("mediapipe",)),
+    # insightface's usual home (shared with IP-Adapter FaceID / InstantID packs), then ours.
+    "insightface": (ONNX_EXTENSIONS, ("insightface", "emo/insightface")),
+}
 
 
 def _comfy(name: str):
@@ -43,20 +49,24 @@ def models_root() -> Path:
 
 
 def _ensure_folders(fp) -> None:
-    for name, exts in OWN_FOLDERS.items():
+    for name, (exts, subdirs) in OWN_FOLDERS.items():
+        defaults = [os.path.join(fp.models_dir, d) for d in subdirs]
         if name not in fp.folder_names_and_paths:
-            default = os.path.join(fp.models_dir, "emo" if name == EMO_FOLDER else name)
-            fp.folder_names_and_paths[name] = ([default], set(exts))
-        if name == EMO_FOLDER and not fp.folder_names_and_paths[name][1]:
-            # extra_model_paths.yaml may create the folder first with no extensions (= every file).
-            fp.folder_names_and_paths[name] = (fp.folder_names_and_paths[name][0], set(exts))
+            fp.folder_names_and_paths[name] = (defaults, set(exts))
+            continue
+        paths, known = fp.folder_names_and_paths[name]
+        missing = [d for d in defaults if d not in paths]
+        # extra_model_paths.yaml or another pack may create the folder first, possibly with no extensions
+        # (= every file): keep their paths, add ours, and list only model files.
+        if missing or not known:
+            fp.folder_names_and_paths[name] = (list(paths) + missing, set(known) or set(exts))
 
 
 def folder_paths_for(folder: str) -> list[Path]:
     """Folders searched for `folder` (ComfyUI's registered ones, including extra_model_paths.yaml)."""
     fp = _comfy("folder_paths")
     if fp is None:
-        return [models_root() / folder]
+        return [models_root() / d for d in OWN_FOLDERS.get(folder, (None, (folder,)))[1]]
     _ensure_folders(fp)
     if folder not in fp.folder_names_and_paths:
         return [Path(fp.models_dir) / folder]

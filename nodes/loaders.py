@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 
-from ..emo_core.errors import MissingWeightsError
 from . import comfy_services as services
 from .comfy_services import mediapipe_dirs
 from .handles import AudioEncoder, EmoModel, FaceEmbedderHandle
@@ -86,9 +85,6 @@ class EmoFaceEmbedderLoader:
     def load(self, model_name):
         from ..emo_core.identity import FaceEmbedder
 
-        try:
-            path = services.model_path("insightface", model_name)
-        except MissingWeightsError:
-            path = services.model_path(services.EMO_FOLDER, f"insightface/{model_name}")
+        path = services.model_path("insightface", model_name)
         dirs = mediapipe_dirs()
         return (FaceEmbedderHandle(FaceEmbedder(path), dirs),)

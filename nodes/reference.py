@@ -5,7 +5,7 @@ import logging
 
 import torch
 
-from ..emo_core.errors import InvalidInputError
+from ..emo_core.errors import IncompatibleCheckpointError, InvalidInputError
 from ..emo_core.sampler import SD15_LATENT_SCALE
 from . import comfy_services as services
 from .handles import Reference
@@ -51,6 +51,10 @@ class EmoReferenceEncode:
         identity = None
         if face_embedder is not None and emo_model.net.imageproj is not None:
             identity = face_embedder.embedder.embed(image, landmark_dirs=face_embedder.landmark_dirs)[0]
+            want = emo_model.config.identity.embedding_dim
+            if identity.shape[-1] != want:
+                raise IncompatibleCheckpointError(f"the face model gives {identity.shape[-1]}-d embeddings but "
+                                                  f"this checkpoint expects {want}-d (insightface w600k_r50: 512)")
         net = services.load_on_device(emo_model.net, emo_model.patcher, emo_model.device)
         p = next(net.parameters())
         context, uncond = net.identity_tokens(None if identity is None else identity[None], 1)
