@@ -1,8 +1,6 @@
 """Speed nodes (EMO checkpoints): a constant head speed, a keyframed schedule, or one measured from a video."""
 from __future__ import annotations
 
-import torch
-
 from ..emo_core import speed
 from ..emo_core.face import to_uint8_frames
 from ..emo_core.face_hallo import detect_landmarks3d

@@ -89,12 +89,37 @@ def load_pack():
     return module
 
 
-def mediapipe_models_or_skip():
-    """The MediaPipe model folder from EMO_MEDIAPIPE_MODELS, or skip (fail when EMO_REQUIRE_MEDIAPIPE=1)."""
-    raw = os.environ.get("EMO_MEDIAPIPE_MODELS")
-    if raw and Path(raw).is_dir():
-        return Path(raw)
-    why = "EMO_MEDIAPIPE_MODELS is not set; run .ci/mediapipe_models.sh DIR and export EMO_MEDIAPIPE_MODELS=DIR"
+def mediapipe_missing(why: str):
+    """Skip saying why MediaPipe tests cannot run; fail instead when EMO_REQUIRE_MEDIAPIPE=1 (CI)."""
     if os.environ.get("EMO_REQUIRE_MEDIAPIPE") == "1":
         pytest.fail(why)
     pytest.skip(why)
+
+
+def mediapipe_models_or_skip():
+    """The search folders (emo_core.face_models.model_search_dirs) holding the MediaPipe detector and
+    landmarker, or skip saying what is missing (fail when EMO_REQUIRE_MEDIAPIPE=1)."""
+    from emo_core.errors import MissingWeightsError
+    from emo_core.face_models import find_detector, find_landmarker, model_search_dirs
+
+    try:
+        import mediapipe.tasks.python.vision  # noqa: F401
+    except ImportError:
+        mediapipe_missing("mediapipe with the Tasks API is not installed (pip install 'mediapipe>=0.10.35')")
+    raw = os.environ.get("EMO_MEDIAPIPE_MODELS")
+    if not raw:
+        mediapipe_missing("EMO_MEDIAPIPE_MODELS is not set; run .ci/mediapipe_models.sh DIR and export "
+                          "EMO_MEDIAPIPE_MODELS=DIR")
+    dirs = model_search_dirs()
+    try:
+        find_detector(dirs)
+        find_landmarker(dirs)
+    except MissingWeightsError as err:
+        mediapipe_missing(str(err))
+    return dirs
+
+
+@pytest.fixture(scope="session")
+def model_dirs():
+    """MediaPipe model folders for face tests, or skip/fail saying what is missing."""
+    return mediapipe_models_or_skip()

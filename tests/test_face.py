@@ -7,13 +7,12 @@ where they fail.
 from __future__ import annotations
 
 import logging
-import os
 
 import numpy as np
 import pytest
 import torch
 
-from conftest import SHARED
+from conftest import SHARED, mediapipe_missing
 from emo_core.errors import InvalidInputError, MissingWeightsError
 from emo_core.face import NoFaceError, detect_face_boxes, face_region
 from emo_core.face_models import find_detector, find_landmarker, model_search_dirs
@@ -22,35 +21,10 @@ FIXTURES = SHARED / "fixtures"
 PORTRAIT, NOFACE = FIXTURES / "portrait_astronaut_512.png", FIXTURES / "noface_coffee_512.png"
 
 
-def _missing(why: str):
-    if os.environ.get("EMO_REQUIRE_MEDIAPIPE") == "1":
-        pytest.fail(why)
-    pytest.skip(why)
-
-
-@pytest.fixture(scope="session")
-def model_dirs():
-    """Search folders holding the detector and landmarker, or skip/fail saying what is missing."""
-    try:
-        import mediapipe.tasks.python.vision  # noqa: F401
-    except ImportError:
-        _missing("mediapipe with the Tasks API is not installed (pip install 'mediapipe>=0.10.35')")
-    if not os.environ.get("EMO_MEDIAPIPE_MODELS"):
-        _missing("EMO_MEDIAPIPE_MODELS is not set; run .ci/mediapipe_models.sh DIR and export "
-                 "EMO_MEDIAPIPE_MODELS=DIR")
-    dirs = model_search_dirs()
-    try:
-        find_detector(dirs)
-        find_landmarker(dirs)
-    except MissingWeightsError as err:
-        _missing(str(err))
-    return dirs
-
-
 def _load(path) -> torch.Tensor:
     """PNG -> (H, W, 3) uint8, or skip/fail when the fixture is missing."""
     if not path.is_file():
-        _missing(f"fixture image {path} not found")
+        mediapipe_missing(f"fixture image {path} not found")
     from PIL import Image
     return torch.from_numpy(np.array(Image.open(path).convert("RGB")))
 

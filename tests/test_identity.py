@@ -6,7 +6,6 @@ EMO_REQUIRE_MEDIAPIPE=1) as in test_face.py.
 """
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 
@@ -14,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ROOT, SHARED, tiny_emo_config
+from conftest import ROOT, SHARED, mediapipe_missing, tiny_emo_config
 from emo_core.config import AudioAttentionConfig, FaceLocatorConfig, IdentityConfig, MotionConfig
 from emo_core.errors import IncompatibleCheckpointError, MissingDependencyError, MissingWeightsError
 from emo_core.face import NoFaceError
@@ -71,33 +70,9 @@ def place_template(scale=2.6, angle_deg=17.0, shift=(120.0, 60.0)) -> np.ndarray
     return ARCFACE_TEMPLATE @ rotation.T + np.array(shift)
 
 
-def _missing(why: str):
-    if os.environ.get("EMO_REQUIRE_MEDIAPIPE") == "1":
-        pytest.fail(why)
-    pytest.skip(why)
-
-
-@pytest.fixture(scope="module")
-def model_dirs():
-    """MediaPipe model folders (as test_face.model_dirs), or skip/fail saying what is missing."""
-    from emo_core.face_models import find_landmarker, model_search_dirs
-    try:
-        import mediapipe.tasks.python.vision  # noqa: F401
-    except ImportError:
-        _missing("mediapipe with the Tasks API is not installed (pip install 'mediapipe>=0.10.35')")
-    if not os.environ.get("EMO_MEDIAPIPE_MODELS"):
-        _missing("EMO_MEDIAPIPE_MODELS is not set; run .ci/mediapipe_models.sh DIR and export EMO_MEDIAPIPE_MODELS=DIR")
-    dirs = model_search_dirs()
-    try:
-        find_landmarker(dirs)
-    except MissingWeightsError as err:
-        _missing(str(err))
-    return dirs
-
-
 def load_rgb(path) -> np.ndarray:
     if not path.is_file():
-        _missing(f"fixture image {path} not found")
+        mediapipe_missing(f"fixture image {path} not found")
     from PIL import Image
     return np.array(Image.open(path).convert("RGB"))
 

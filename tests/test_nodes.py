@@ -33,7 +33,7 @@ def models_dir(tmp_path_factory):
 @pytest.fixture
 def env(models_dir, monkeypatch):
     monkeypatch.setenv("EMO_MODELS_DIR", str(models_dir))
-    monkeypatch.setenv("EMO_MEDIAPIPE_MODELS", str(mediapipe_models_or_skip()))
+    mediapipe_models_or_skip()
     return models_dir
 
 
