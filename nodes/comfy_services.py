@@ -147,7 +147,12 @@ def load_on_device(module: torch.nn.Module, patcher, device: torch.device) -> to
     """Make room and move the module to its device right before use (ComfyUI may offload it later)."""
     mm = _comfy("comfy.model_management")
     if mm is not None and patcher is not None:
-        mm.load_models_gpu([patcher])
+        # Full load: ComfyUI's partial (lowvram) loading only streams comfy.ops layers; our plain torch
+        # layers left on the offload device would meet activations on the GPU.
+        try:
+            mm.load_models_gpu([patcher], force_full_load=True)
+        except TypeError:  # ComfyUI before force_full_load existed
+            mm.load_models_gpu([patcher])
         return module
     return module.to(device)
 

@@ -414,3 +414,32 @@ def test_batch_client_renders_jobs_on_the_real_server(comfy, tmp_path):
     before = (tmp_path / "out" / "one.mp4").stat().st_mtime_ns
     assert main(args) == 0  # resumed: nothing to do, nothing overwritten
     assert (tmp_path / "out" / "one.mp4").stat().st_mtime_ns == before
+
+
+def test_cancel_stops_the_sampler_cleanly(comfy, media):
+    """Interrupt during sampling: the prompt ends interrupted, no video is written, the server keeps serving."""
+    prompt = tiny_prompt("emo_portrait_audio", comfy, image=media["portrait"], audio=media["speech"])
+    prompt[node_id(prompt, "EMO_Sampler")]["inputs"].update(steps=200, seed=99)
+    prompt[node_id(prompt, "SaveVideo")]["inputs"]["filename_prefix"] = "emo_e2e/cancelled"
+    status, answer = comfy.post("/prompt", {"prompt": prompt, "client_id": "emo-e2e"})
+    assert status == 200, answer
+    prompt_id, start = answer["prompt_id"], time.monotonic()
+    while not comfy.get("/queue")["queue_running"] and time.monotonic() - start < 60:
+        time.sleep(0.2)
+    time.sleep(3.0)  # well inside the sampler's 4 clips x 200 steps
+    request = urllib.request.Request(comfy.url + "/interrupt", b"{}", {"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as answer:  # the Cancel button's request; empty body
+        assert answer.status == 200
+    while time.monotonic() - start < PROMPT_TIMEOUT:
+        entry = comfy.get(f"/history/{prompt_id}").get(prompt_id)
+        if entry:
+            break
+        time.sleep(0.3)
+    else:
+        pytest.fail("the interrupted prompt never reached /history")
+    kinds = [kind for kind, _ in entry["status"]["messages"]]
+    assert "execution_interrupted" in kinds and "execution_success" not in kinds, kinds
+    interrupted = next(d for kind, d in entry["status"]["messages"] if kind == "execution_interrupted")
+    assert interrupted["node_type"] == "EMO_Sampler"
+    assert not list((comfy.base / "output").rglob("cancelled*"))
+    assert comfy.run(tiny_prompt("emo_portrait_audio", comfy, image=media["portrait"], audio=media["other"]))
