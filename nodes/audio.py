@@ -1,9 +1,11 @@
 """EMO_AudioFeatures: ComfyUI AUDIO -> per-frame wav2vec2 features, with the frame count and fps."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 from ..emo_core.audio import AudioSettings, extract_audio_features
+from . import comfy_services as services
 from .handles import AudioFeaturesHandle
 
 
@@ -30,7 +32,9 @@ class EmoAudioFeatures:
     def extract(self, emo_model, audio_encoder, audio, fps):
         cfg = emo_model.config
         settings = AudioSettings(fps=fps, window=cfg.audio_projection.window, clip_length=cfg.clip_length)
-        feats = extract_audio_features(audio_encoder.model, audio, settings)
+        model = services.load_on_device(audio_encoder.model, audio_encoder.patcher, audio_encoder.device)
+        feats = extract_audio_features(model, audio, settings)
+        feats = dataclasses.replace(feats, hidden=feats.hidden.float().cpu())  # one clip at a time goes back
         waveform = audio["waveform"]
         info = {"duration": round(feats.duration, 3), "frames": feats.num_frames, "fps": fps,
                 "clips": math.ceil(feats.num_frames / cfg.clip_length), "clip_length": cfg.clip_length,

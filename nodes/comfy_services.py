@@ -135,12 +135,21 @@ def choose_dtype(precision: str, device: torch.device) -> torch.dtype:
     return torch.float16 if device.type == "cuda" else torch.float32
 
 
+class _Holder(torch.nn.Module):
+    """What ModelPatcher manages: it sets attributes such as `device` on its model, which transformers'
+    models expose as read-only properties, so our modules sit one level down."""
+
+    def __init__(self, inner: torch.nn.Module):
+        super().__init__()
+        self.inner = inner
+
+
 def wrap_model(module: torch.nn.Module, device: torch.device):
     """A ComfyUI ModelPatcher around the module so model management can offload it, or None."""
     patcher = _comfy("comfy.model_patcher")
     if patcher is None:
         return None
-    return patcher.ModelPatcher(module, load_device=device, offload_device=offload_device())
+    return patcher.ModelPatcher(_Holder(module), load_device=device, offload_device=offload_device())
 
 
 def load_on_device(module: torch.nn.Module, patcher, device: torch.device) -> torch.nn.Module:

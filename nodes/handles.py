@@ -23,9 +23,12 @@ class EmoModel:
 
 @dataclass(eq=False)
 class AudioEncoder:
-    """EMO_AUDIO_ENCODER: a transformers Wav2Vec2Model in eval mode and its file or folder."""
+    """EMO_AUDIO_ENCODER: a transformers Wav2Vec2Model in eval mode (fp32, on its offload device), its
+    file or folder, and ComfyUI's ModelPatcher (or None)."""
     model: Any
     path: str
+    device: torch.device = torch.device("cpu")
+    patcher: Any = None
 
 
 @dataclass(eq=False)

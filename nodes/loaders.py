@@ -64,7 +64,10 @@ class EmoAudioEncoderLoader:
         from ..emo_core.wav2vec import load_wav2vec
 
         path = services.model_path(services.AUDIO_FOLDER, encoder_name)
-        return (AudioEncoder(load_wav2vec(path), path),)
+        # fp32 always: the encoder is small and Hallo's features are computed in fp32.
+        model = load_wav2vec(path, device=services.offload_device())
+        device = services.torch_device()
+        return (AudioEncoder(model, path, device, services.wrap_model(model, device)),)
 
 
 class EmoFaceEmbedderLoader:

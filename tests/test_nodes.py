@@ -219,3 +219,34 @@ def test_face_embedder_loader_lists_both_insightface_folders(env, models_dir, tm
         (handle,) = run("EMO_FaceEmbedderLoader", model_name=name)
         image = load_image("portrait_astronaut_512.png")
         assert handle.embedder.embed(image, landmark_dirs=handle.landmark_dirs).shape == (1, 512)
+
+
+def test_models_go_through_comfyui_model_management(env, monkeypatch):
+    """With ComfyUI present, both models are wrapped in ModelPatchers and loaded by load_models_gpu before
+    use. Stand-ins record the calls and, like ComfyUI, set `device` on the managed model (a read-only
+    property on transformers' models, hence the holder module)."""
+    import sys
+    import types
+
+    loaded = []
+
+    class ModelPatcher:
+        def __init__(self, model, load_device, offload_device):
+            self.model, self.load_device = model, load_device
+
+    def load_models_gpu(patchers, force_full_load=False):
+        for p in patchers:
+            p.model.to(p.load_device)
+            p.model.device = p.load_device
+            loaded.append((type(p.model.inner).__name__, force_full_load))
+
+    mm = types.SimpleNamespace(get_torch_device=lambda: torch.device("cpu"),
+                               unet_offload_device=lambda: torch.device("cpu"),
+                               unet_dtype=lambda device, supported_dtypes: torch.float32,
+                               load_models_gpu=load_models_gpu, throw_exception_if_processing_interrupted=lambda: None)
+    for name, module in {"comfy": types.ModuleType("comfy"), "comfy.model_management": mm,
+                         "comfy.model_patcher": types.SimpleNamespace(ModelPatcher=ModelPatcher)}.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    latent, frames, _, _, _ = chain("tiny_emo.safetensors", seconds=0.3, size=64, steps=1)
+    assert latent["samples"].shape[0] == frames
+    assert ("Wav2Vec2Model", True) in loaded and ("EmoNet", True) in loaded
