@@ -90,13 +90,16 @@ class VaeCodec:
 
 @dataclass(frozen=True)
 class Progress:
-    """clip/clips are 1-based for display; step of steps within the clip; done of total over the video."""
+    """clip/clips are 1-based for display; step of steps within the clip; done of total over the video.
+    preview: the step's predicted clean latent of the clip's middle frame, (1, 4, h, w) SCALED (what
+    ComfyUI's latent previewers take), or None."""
     clip: int
     clips: int
     step: int
     steps: int
     done: int
     total: int
+    preview: torch.Tensor | None = None
 
 
 @dataclass
@@ -205,12 +208,17 @@ def _sample_clip(run: _Run, plan: ClipPlan, ref, motion, clips: int, on_step, ch
     scheduler = build_scheduler(net.config.family, sampler=s.sampler)
     total = clips * s.steps
 
+    x0 = {}
+
     def report(step: int, steps: int) -> None:
-        on_step(Progress(plan.index + 1, clips, step, steps, plan.index * steps + step, total))
+        preview = x0.get("latents")
+        if preview is not None:
+            preview = preview[:, :, len(plan.frames) // 2]
+        on_step(Progress(plan.index + 1, clips, step, steps, plan.index * steps + step, total, preview))
 
     log.debug("clip %d/%d: frames %s, padding %d", plan.index + 1, clips, plan.frames, plan.padding)
     latents = denoise_clip(net, noise, cond, scheduler, s.steps, run.guidance, eta=s.eta, on_step=report,
-                           check_cancel=check_cancel, generator=gen)
+                           check_cancel=check_cancel, generator=gen, on_x0=lambda t: x0.update(latents=t))
     return latents[0].permute(1, 0, 2, 3)  # (F, 4, h, w)
 
 

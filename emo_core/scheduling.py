@@ -57,14 +57,15 @@ def _step_kwargs(scheduler, eta: float, generator) -> dict:
 
 def denoise_clip(net, noise: torch.Tensor, cond, scheduler, steps: int, guidance_scale: float, eta: float = 0.0,
                  on_step: Callable[[int, int], None] = lambda done, total: None,
-                 check_cancel: Callable[[], None] = lambda: None, generator: torch.Generator | None = None
-                 ) -> torch.Tensor:
+                 check_cancel: Callable[[], None] = lambda: None, generator: torch.Generator | None = None,
+                 on_x0: Callable[[torch.Tensor], None] | None = None) -> torch.Tensor:
     """Run the full sampling loop for one clip. noise: (b, 4, F, h, w) unit-variance noise -> denoised
     scaled latents.
 
     Each step: CFG prediction in one batched forward, then scheduler.step. `check_cancel` runs before
     every step and may raise to stop; nothing is returned half-done. `generator` feeds stochastic steps
-    (DDIM with eta > 0, ancestral samplers) so a seed reproduces them.
+    (DDIM with eta > 0, ancestral samplers) so a seed reproduces them. `on_x0` receives each step's
+    predicted clean latents (for previews), before `on_step`.
     """
     if steps < 1:
         raise InvalidInputError(f"need at least 1 denoising step, got {steps}")
@@ -76,6 +77,10 @@ def denoise_clip(net, noise: torch.Tensor, cond, scheduler, steps: int, guidance
         check_cancel()
         model_in = scheduler.scale_model_input(latents, t)
         guided, _, _ = net.denoise(model_in, t, cond, guidance_scale)
-        latents = scheduler.step(guided.to(latents.dtype), t, latents, **step_kwargs).prev_sample
+        out = scheduler.step(guided.to(latents.dtype), t, latents, **step_kwargs)
+        latents = out.prev_sample
+        if on_x0 is not None:
+            x0 = getattr(out, "pred_original_sample", None)
+            on_x0(latents if x0 is None else x0)
         on_step(i + 1, len(timesteps))
     return latents

@@ -184,10 +184,22 @@ class ProgressReporter:
         self.server = getattr(getattr(server, "PromptServer", None), "instance", None)
         context = _comfy("comfy_execution.utils")
         self.context = context.get_executing_context() if context is not None else None
+        self.previewer = self._previewer()
+
+    @staticmethod
+    def _previewer():
+        """ComfyUI's latent previewer for SD 1.5 latents (per the user's preview setting), or None."""
+        preview, formats, mm = _comfy("latent_preview"), _comfy("comfy.latent_formats"), _comfy("comfy.model_management")
+        if preview is None or formats is None or mm is None:
+            return None
+        return preview.get_previewer(mm.get_torch_device(), formats.SD15())
 
     def __call__(self, p) -> None:
         if self.bar is not None:
-            self.bar.update_absolute(p.done, p.total)
+            image = None
+            if self.previewer is not None and p.preview is not None:
+                image = self.previewer.decode_latent_to_preview_image("JPEG", p.preview.float())
+            self.bar.update_absolute(p.done, p.total, image)
         if self.server is not None:
             data = {"clip": p.clip, "clips": p.clips, "step": p.step, "steps": p.steps}
             if self.context is not None:

@@ -157,7 +157,7 @@ class Comfy:
             self.port = s.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         cmd = [COMFYUI_PYTHON, "main.py", "--cpu", "--listen", "127.0.0.1", "--port", str(self.port),
-               "--disable-auto-launch", "--base-directory", str(base)]
+               "--disable-auto-launch", "--base-directory", str(base), "--preview-method", "latent2rgb"]
         if "--database-url" in (Path(COMFYUI_DIR) / "comfy" / "cli_args.py").read_text(encoding="utf-8"):
             cmd += ["--database-url", "sqlite:///:memory:"]  # not the checkout's user/comfyui.db
         env = {**os.environ, "EMO_MEDIAPIPE_MODELS": os.environ["EMO_MEDIAPIPE_MODELS"]}
@@ -443,3 +443,37 @@ def test_cancel_stops_the_sampler_cleanly(comfy, media):
     assert interrupted["node_type"] == "EMO_Sampler"
     assert not list((comfy.base / "output").rglob("cancelled*"))
     assert comfy.run(tiny_prompt("emo_portrait_audio", comfy, image=media["portrait"], audio=media["other"]))
+
+
+def test_progress_and_previews_reach_the_websocket(comfy, media):
+    """ComfyUI's progress per step, our emo.progress with clip i of N, and latent previews (binary frames)."""
+    from websockets.sync.client import connect
+
+    prompt = tiny_prompt("emo_portrait_audio", comfy, image=media["portrait"], audio=media["other"])
+    prompt[node_id(prompt, "EMO_Sampler")]["inputs"].update(steps=3, seed=123)
+    sampler = node_id(prompt, "EMO_Sampler")
+    client = f"emo-e2e-ws-{uuid.uuid4().hex[:8]}"
+    progress, emo, previews = [], [], 0
+    with connect(comfy.url.replace("http", "ws") + f"/ws?clientId={client}", open_timeout=30) as ws:
+        status, answer = comfy.post("/prompt", {"prompt": prompt, "client_id": client})
+        assert status == 200, answer
+        deadline = time.monotonic() + PROMPT_TIMEOUT
+        while time.monotonic() < deadline:
+            message = ws.recv(timeout=PROMPT_TIMEOUT)
+            if isinstance(message, bytes):
+                previews += 1
+                continue
+            event = json.loads(message)
+            data = event.get("data", {})
+            if event["type"] == "progress" and data.get("node") == sampler:
+                progress.append((data["value"], data["max"]))
+            elif event["type"] == "emo.progress":
+                emo.append(data)
+            elif event["type"] in ("execution_success", "execution_error"):
+                assert event["type"] == "execution_success", data
+                break
+    clips = emo[0]["clips"]
+    assert progress == [(i, clips * 3) for i in range(1, clips * 3 + 1)]
+    assert [(d["clip"], d["step"]) for d in emo] == [(c, s) for c in range(1, clips + 1) for s in (1, 2, 3)]
+    assert all(d["node"] == sampler and d["prompt_id"] == answer["prompt_id"] for d in emo)
+    assert previews >= clips * 3, "one latent preview per step (--preview-method latent2rgb)"

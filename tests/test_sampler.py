@@ -106,6 +106,14 @@ def test_progress_per_step_with_clip_numbers(net):
     assert all(p.total == 9 and p.clips == 3 and p.steps == 3 for p in seen)
 
 
+def test_progress_carries_the_predicted_middle_frame_for_previews(net):
+    seen = []
+    generate(net, video(net, 6), SamplerSettings(steps=2), on_step=seen.append)
+    assert all(p.preview is not None and p.preview.shape == (1, 4, H, W) for p in seen)
+    assert torch.isfinite(seen[-1].preview).all()
+    assert (seen[0].preview - seen[1].preview).abs().max() > 0  # it follows the denoising
+
+
 class Cancelled(Exception):
     pass
 
