@@ -210,8 +210,10 @@ class FakeComfy:
             outputs = [i for i, n in prompt.items() if n["class_type"] == "SaveVideo"]
             item = [number, prompt_id, prompt, {"client_id": body.get("client_id")}, outputs]
             self.pending.append(item)
-        self._work.put(item)
+        # The queue's status goes out before the executor may start (ComfyUI's order, as recorded); the
+        # other way round the executor thread races it under load.
         self.send("status", {"status": self._queue_info()}, None)
+        self._work.put(item)
         return 200, {"prompt_id": prompt_id, "number": number, "node_errors": {}}
 
     def _validate(self, prompt: dict) -> dict:
