@@ -133,10 +133,27 @@ def load_network(path: str, dtype: torch.dtype = torch.float32, device: str | to
     with torch.device("meta"):
         net = EmoNet(info.config)
     check_keys(net, state, info.family)
-    net.load_state_dict(state, strict=True, assign=True)
+    net.load_state_dict(_fresh_tensors(state, dtype, device), strict=True, assign=True)
     net.to(device=device, dtype=dtype).eval()
     log.info("loaded %s (%s family: %s) as %s on %s", os.path.basename(path), info.family, info.reason, dtype, device)
     return net
+
+
+def _fresh_tensors(state: dict[str, torch.Tensor], dtype: torch.dtype,
+                   device: str | torch.device) -> dict[str, torch.Tensor]:
+    """Each tensor copied into storage of its own from torch's allocator, in `dtype` when floating.
+
+    Tensors from safetensors point into one file buffer at arbitrary byte offsets; parameters assigned
+    from them stay unaligned, and CPU kernels (MKL) then take other code paths: slower, and not bitwise
+    equal to a model built in memory. torch's allocator aligns every allocation (64 bytes on CPU).
+    The source dict is emptied as it goes, so at most one extra tensor is alive at a time.
+    """
+    out = {}
+    for key in list(state):
+        src = state.pop(key)
+        target = dtype if src.is_floating_point() else src.dtype
+        out[key] = torch.empty(src.shape, dtype=target, device=device).copy_(src)
+    return out
 
 
 def save_native(net, path: str) -> None:

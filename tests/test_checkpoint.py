@@ -27,6 +27,26 @@ def test_native_round_trip_gives_identical_outputs(tmp_path):
     assert torch.equal(predict(net, lat, cond), predict(loaded, lat, cond2))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_every_loaded_tensor_is_aligned_and_owns_its_storage(tmp_path, dtype):
+    """safetensors hands out tensors at arbitrary offsets of one file buffer; loaded parameters must be
+    fresh, aligned allocations (MKL takes other paths on unaligned weights: slower, not bitwise equal)."""
+    torch.manual_seed(0)
+    net = EmoNet(tiny_emo_config()).eval()
+    path = tmp_path / "emo_tiny.safetensors"
+    save_native(net, str(path))
+    loaded = load_network(str(path), dtype=dtype)
+    tensors = dict(loaded.named_parameters()) | dict(loaded.named_buffers())
+    assert len(tensors) == len(net.state_dict())
+    storages = set()
+    for name, t in tensors.items():
+        assert t.data_ptr() % 64 == 0, f"{name} is not 64-byte aligned"
+        assert t.storage_offset() == 0, f"{name} is a view into a shared buffer"
+        assert t.dtype == (dtype if t.is_floating_point() else net.state_dict()[name].dtype)
+        storages.add(t.untyped_storage().data_ptr())
+    assert len(storages) == len(tensors)
+
+
 def test_hallo_pth_loads_with_weights_only(tmp_path, parity, parity_net):
     state, _ = read_state_dict(str(parity[0]))
     path = tmp_path / "net.pth"
