@@ -35,6 +35,21 @@ def _audio_form(d: dict[str, Any]) -> str:
                                       "only all-or-none is supported")
 
 
+def _clip_settings(meta: dict[str, Any]) -> dict[str, int]:
+    """Hallo's data settings (configs/inference/default.yaml: `n_motion_frames`, `n_sample_frames`) when the
+    file carries them, top level or under `data`; a variant trained with another count must keep it.
+    Absent (Hallo's own net.pth has no metadata at all): the official 2 motion frames of 16-frame clips."""
+    data = {**meta.get("data", {}), **meta}
+    out = {}
+    for ours, theirs in (("motion_frames", "n_motion_frames"), ("clip_length", "n_sample_frames")):
+        if theirs in data:
+            value = data[theirs]
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise IncompatibleCheckpointError(f"hallo_config {theirs} must be an integer, got {value!r}")
+            out[ours] = value
+    return out
+
+
 def config_from_hallo(meta: dict[str, Any]) -> EmoNetConfig:
     try:
         d, mm = meta["denoising_unet"], meta["denoising_unet"].get("motion_module_kwargs", {})
@@ -61,6 +76,7 @@ def config_from_hallo(meta: dict[str, Any]) -> EmoNetConfig:
                                            block_out_channels=tuple(fl["block_out_channels"])),
             identity=None if ip is None else IdentityConfig(embedding_dim=ip["clip_embeddings_dim"],
                                                             tokens=ip["clip_extra_context_tokens"]),
+            **_clip_settings(meta),
         )
     except KeyError as err:
         raise IncompatibleCheckpointError(f"hallo_config metadata lacks {err}") from err

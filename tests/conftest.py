@@ -35,6 +35,20 @@ def tiny_emo_config(**overrides):
     return emo_preset(**base)
 
 
+def wav2vec_shape() -> tuple[int, int]:
+    """(layers, hidden width) of the fixture set's tiny wav2vec2: what its audio features carry per frame."""
+    config = json.loads((parity_dir() / "wav2vec2" / "config.json").read_text())
+    return int(config["num_hidden_layers"]), int(config["hidden_size"])
+
+
+def tiny_emo_config_for_fixture_audio(**overrides):
+    """tiny_emo_config whose audio projection eats the fixture set's wav2vec2 features, whatever their shape."""
+    layers, hidden = wav2vec_shape()
+    projection = WindowProjectionConfig(window=5, blocks=layers, channels=hidden, intermediate_dim=16,
+                                        output_dim=16, tokens=4)
+    return tiny_emo_config(**{"audio_projection": projection, **overrides})
+
+
 @pytest.fixture
 def tiny_config():
     return tiny_emo_config()
@@ -62,11 +76,35 @@ def parity():
     return net, tensors, meta
 
 
+def write_parity_checkpoint(dest: Path, meta: dict) -> Path:
+    """The fixture's net.safetensors as a Hallo variant that says its own clip settings: the cases'
+    `n_motion_frames` goes into the file's `hallo_config` (the fixture set may use another count than
+    the official 2), so the loader, not the test, has to honour it."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(parity_dir() / "net.safetensors"), framework="pt") as f:
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+        metadata = dict(f.metadata() or {})
+    hallo = json.loads(metadata["hallo_config"])
+    hallo["n_motion_frames"] = int(meta["n_motion_frames"])
+    metadata["hallo_config"] = json.dumps(hallo)
+    save_file(tensors, str(dest), metadata=metadata)
+    return dest
+
+
 @pytest.fixture(scope="session")
-def parity_net(parity):
+def parity_checkpoint(parity, tmp_path_factory):
+    return write_parity_checkpoint(tmp_path_factory.mktemp("parity") / "hallo_tiny.safetensors", parity[2])
+
+
+@pytest.fixture(scope="session")
+def parity_net(parity, parity_checkpoint):
     from emo_core.checkpoint import load_network
     torch.backends.cuda.matmul.allow_tf32 = False
-    return load_network(str(parity[0]), dtype=torch.float32)
+    net = load_network(str(parity_checkpoint), dtype=torch.float32)
+    assert net.config.motion_frames == int(parity[2]["n_motion_frames"])
+    return net
 
 
 def meta_json(meta: dict, key: str):

@@ -14,7 +14,7 @@ from emo_core.audio import AudioSettings, extract_audio_features, frame_count, n
 from emo_core.errors import InvalidInputError, MissingWeightsError
 from emo_core.wav2vec import load_wav2vec
 
-from conftest import SHARED, parity_dir
+from conftest import SHARED, parity_dir, wav2vec_shape
 
 FIXTURES = SHARED / "fixtures"
 AUDIO_TOL = dict(atol=5e-4, rtol=1e-4)
@@ -62,7 +62,7 @@ def test_padding_to_whole_clips_and_windows_clamp(tiny_wav2vec):
     feats = extract_audio_features(tiny_wav2vec, torch.randn(16000 * 2 + 5), AudioSettings(fps=25, clip_length=12))
     assert feats.num_frames == 51 and feats.padded_frames == 60
     w = feats.windowed(0, 12)
-    assert w.shape == (12, 5, 3, 16)
+    assert w.shape == (12, 5, *wav2vec_shape())
     assert torch.equal(w[0, 0], feats.hidden[0]) and torch.equal(w[0, 4], feats.hidden[2])
     last = feats.windowed(48, 60)
     assert torch.equal(last[-1, -1], feats.hidden[-1])

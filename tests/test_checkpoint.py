@@ -104,3 +104,25 @@ def test_native_file_without_config_and_garbage_files(tmp_path):
         other = tmp_path / "c.onnx"
         other.write_bytes(b"x")
         load_network(str(other))
+
+
+def test_hallo_config_clip_settings_are_honoured(parity):
+    """A Hallo variant's file that states its motion-frame count / clip length gets them; a file without
+    them keeps Hallo's official 2 motion frames of 16-frame clips."""
+    import json
+
+    from emo_core.checkpoint import detect_family
+    from emo_core.config import hallo_preset
+
+    state, metadata = read_state_dict(str(parity[0]))
+    hallo = json.loads(metadata["hallo_config"])
+    for key in ("n_motion_frames", "n_sample_frames"):
+        hallo.pop(key, None)
+    plain = detect_family(state, {**metadata, "hallo_config": json.dumps(hallo)}).config
+    assert (plain.motion_frames, plain.clip_length) == (hallo_preset().motion_frames, hallo_preset().clip_length)
+    n = plain.motion_frames + 1
+    said = {**hallo, "n_motion_frames": n, "data": {"n_sample_frames": plain.clip_length + 2}}
+    config = detect_family(state, {**metadata, "hallo_config": json.dumps(said)}).config
+    assert (config.motion_frames, config.clip_length) == (n, plain.clip_length + 2)
+    with pytest.raises(IncompatibleCheckpointError, match="n_motion_frames must be an integer"):
+        detect_family(state, {**metadata, "hallo_config": json.dumps({**hallo, "n_motion_frames": "3"})})

@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT, SHARED, mediapipe_models_or_skip, parity_dir, tiny_emo_config
+from conftest import ROOT, SHARED, mediapipe_models_or_skip, parity_dir, tiny_emo_config_for_fixture_audio
 from test_workflows import CORE, FILE_INPUTS, NAMES, OURS, load_api, load_ui
 
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
@@ -61,7 +61,7 @@ def tiny_hallo_config():
     embedding, pixel motion frames) at conftest's toy size, with 8-frame clips."""
     from emo_core.config import AudioAttentionConfig, FaceLocatorConfig, IdentityConfig, MotionConfig
 
-    return tiny_emo_config(
+    return tiny_emo_config_for_fixture_audio(
         family="hallo", identity=IdentityConfig(embedding_dim=512, tokens=4), speed=None,
         audio_attention=AudioAttentionConfig(form="hierarchical", audio_dim=16),
         face_locator=FaceLocatorConfig(conditioning_channels=3, block_out_channels=(4, 8, 8, 16)),
@@ -130,7 +130,7 @@ def install_models(models: Path) -> bool:
         (models / folder).mkdir(parents=True)
     torch.manual_seed(0)
     save_native(EmoNet(tiny_hallo_config()).eval(), str(models / "emo" / "hallo_tiny.safetensors"))
-    save_native(EmoNet(tiny_emo_config(clip_length=4, motion_frames=2)).eval(),
+    save_native(EmoNet(tiny_emo_config_for_fixture_audio(clip_length=4, motion_frames=2)).eval(),
                 str(models / "emo" / "emo_tiny.safetensors"))
     shutil.copytree(wav2vec, models / "audio_encoders" / "wav2vec2-tiny")
     comfy_python(TAESD_SCRIPT.replace("OUT", repr(str(models / "vae" / "tiny_taesd.safetensors"))))

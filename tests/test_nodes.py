@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from comfy_fakes import TinyVAE, load_audio, load_image
-from conftest import load_pack, mediapipe_models_or_skip, parity_dir, tiny_emo_config
+from conftest import (load_pack, mediapipe_models_or_skip, parity_dir, tiny_emo_config_for_fixture_audio,
+                      write_parity_checkpoint)
 
 pack = load_pack()
 N = pack.NODE_CLASS_MAPPINGS
@@ -17,15 +18,18 @@ errors = pack.emo_core.errors
 
 
 @pytest.fixture(scope="module")
-def models_dir(tmp_path_factory):
+def models_dir(tmp_path_factory, parity):
+    """A models folder: a tiny native EMO net, the fixture set's Hallo net and its tiny wav2vec2 (the
+    `parity` fixture skips, saying why, when the fixture set is missing)."""
     from emo_core.checkpoint import save_native
     from emo_core.network import EmoNet
 
     root = tmp_path_factory.mktemp("models")
     (root / "emo").mkdir()
     torch.manual_seed(0)
-    save_native(EmoNet(tiny_emo_config(clip_length=4, motion_frames=2)).eval(), str(root / "emo" / "tiny_emo.safetensors"))
-    shutil.copy(parity_dir() / "net.safetensors", root / "emo" / "hallo_tiny.safetensors")
+    save_native(EmoNet(tiny_emo_config_for_fixture_audio(clip_length=4, motion_frames=2)).eval(),
+                str(root / "emo" / "tiny_emo.safetensors"))
+    write_parity_checkpoint(root / "emo" / "hallo_tiny.safetensors", parity[2])
     shutil.copytree(parity_dir() / "wav2vec2", root / "audio_encoders" / "wav2vec2-tiny")
     return root
 
@@ -37,6 +41,11 @@ def env(models_dir, monkeypatch):
     return models_dir
 
 
+def loaded(model_name, precision="auto"):
+    (model,) = run("EMO_ModelLoader", model_name=model_name, precision=precision)
+    return model
+
+
 def run(node_id, **kwargs):
     node = N[node_id]()
     out = getattr(node, node.FUNCTION)(**kwargs)
@@ -44,7 +53,7 @@ def run(node_id, **kwargs):
 
 
 def chain(model_name, seconds=0.7, size=128, steps=2, **sampler_kwargs):
-    (model,) = run("EMO_ModelLoader", model_name=model_name, precision="auto")
+    model = loaded(model_name)
     (encoder,) = run("EMO_AudioEncoderLoader", encoder_name="wav2vec2-tiny")
     vae = TinyVAE()
     portrait = load_image("portrait_astronaut_512.png", size)
@@ -69,11 +78,15 @@ def test_emo_chain_gives_a_latent_of_exactly_the_audio_frame_count(env):
 
 
 def test_hallo_chain_re_encodes_motion_frames_through_the_vae(env):
-    latent, frames, _, _, vae = chain("hallo_tiny.safetensors", seconds=0.8, size=64)
+    config = loaded("hallo_tiny.safetensors").config
+    f, n = config.clip_length, config.motion_frames
+    seconds = (2 * f - 1) / 25  # two clips at 25 fps, whatever the fixture's clip length
+    latent, frames, _, _, vae = chain("hallo_tiny.safetensors", seconds=seconds, size=64)
     assert latent["samples"].shape == (frames, 4, 8, 8)
-    clips = math.ceil(frames / 16)
+    clips = math.ceil(frames / f)
+    assert clips == 2
     # 1 reference encode + n re-encoded motion frames per later clip
-    assert vae.encoded == 1 + 2 * (clips - 1)
+    assert vae.encoded == 1 + n * (clips - 1)
 
 
 def test_audio_node_reports_duration_frames_and_clips(env):
