@@ -7,14 +7,12 @@ import torch
 from PIL import Image
 from scipy.io import wavfile
 
-from conftest import SHARED
-
-FIXTURES = SHARED / "fixtures"
+from conftest import shared_file
 
 
 def load_image(name: str, size: int | None = None) -> torch.Tensor:
     """IMAGE [1, H, W, 3] float32 0..1, as LoadImage gives it."""
-    img = Image.open(FIXTURES / name).convert("RGB")
+    img = Image.open(shared_file("fixtures", name)).convert("RGB")
     if size:
         img = img.resize((size, size), Image.BICUBIC)
     return torch.from_numpy(np.asarray(img).astype(np.float32) / 255.0)[None]
@@ -22,7 +20,7 @@ def load_image(name: str, size: int | None = None) -> torch.Tensor:
 
 def load_audio(name: str, seconds: float | None = None) -> dict:
     """AUDIO {"waveform": [1, C, T] float32 -1..1, "sample_rate"} as LoadAudio gives it."""
-    rate, data = wavfile.read(FIXTURES / name)
+    rate, data = wavfile.read(shared_file("fixtures", name))
     wave = torch.from_numpy(data.astype(np.float32) / 32768.0)
     wave = wave[None] if wave.dim() == 1 else wave.T
     if seconds:

@@ -16,7 +16,25 @@ from emo_core.config import (AudioAttentionConfig, FaceLocatorConfig, MotionConf
                              WindowProjectionConfig, emo_preset)
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared"
+# The project's fixture folder (real media, parity sets, key lists) sits beside the checkout; see README.
+SHARED = Path(os.environ["EMO_SHARED_DIR"]).resolve() if os.environ.get("EMO_SHARED_DIR") else ROOT.parent / "shared"
+FIXTURES = SHARED / "fixtures"
+
+
+def fixtures_missing(why: str):
+    """Skip saying why; fail instead when EMO_REQUIRE_PARITY=1 (CI must have every fixture)."""
+    if os.environ.get("EMO_REQUIRE_PARITY") == "1":
+        pytest.fail(why)
+    pytest.skip(why)
+
+
+def shared_file(*parts: str) -> Path:
+    """A file of the shared fixture folder, or skip naming it (see fixtures_missing)."""
+    path = SHARED.joinpath(*parts)
+    if not path.is_file():
+        fixtures_missing(f"fixture file {path} not found; put the project's shared fixture folder beside the "
+                         "checkout as ../shared or set EMO_SHARED_DIR (see README: Development)")
+    return path
 
 
 def tiny_emo_config(**overrides):
@@ -65,10 +83,7 @@ def parity():
     d = parity_dir()
     net, cases = d / "net.safetensors", d / "cases.safetensors"
     if not (net.is_file() and cases.is_file()):
-        why = f"Hallo parity fixtures not found in {d} (set EMO_PARITY_DIR to a fixture directory)"
-        if os.environ.get("EMO_REQUIRE_PARITY") == "1":
-            pytest.fail(why)
-        pytest.skip(why)
+        fixtures_missing(f"Hallo parity fixtures not found in {d} (set EMO_PARITY_DIR to a fixture directory)")
     from safetensors import safe_open
     with safe_open(str(cases), framework="pt") as f:
         tensors = {k: f.get_tensor(k) for k in f.keys()}

@@ -14,9 +14,8 @@ from emo_core.audio import AudioSettings, extract_audio_features, frame_count, n
 from emo_core.errors import InvalidInputError, MissingWeightsError
 from emo_core.wav2vec import load_wav2vec
 
-from conftest import SHARED, parity_dir, wav2vec_shape
+from conftest import parity_dir, shared_file, wav2vec_shape
 
-FIXTURES = SHARED / "fixtures"
 AUDIO_TOL = dict(atol=5e-4, rtol=1e-4)
 
 
@@ -69,8 +68,8 @@ def test_padding_to_whole_clips_and_windows_clamp(tiny_wav2vec):
 
 
 def test_stereo_44k_gives_the_same_signal_as_mono_16k():
-    mono = to_mono_16k(read_wav(FIXTURES / "speech_en_16k_mono.wav"))
-    stereo = to_mono_16k(read_wav(FIXTURES / "speech_en_44k_stereo.wav"))
+    mono = to_mono_16k(read_wav(shared_file("fixtures", "speech_en_16k_mono.wav")))
+    stereo = to_mono_16k(read_wav(shared_file("fixtures", "speech_en_44k_stereo.wav")))
     assert abs(mono.numel() - stereo.numel()) <= 1
     n = min(mono.numel(), stereo.numel())
     corr = torch.corrcoef(torch.stack([mono[:n], stereo[:n]]))[0, 1]
@@ -78,7 +77,7 @@ def test_stereo_44k_gives_the_same_signal_as_mono_16k():
 
 
 def test_real_speech_features(tiny_wav2vec):
-    audio = read_wav(FIXTURES / "speech_en_44k_stereo.wav")
+    audio = read_wav(shared_file("fixtures", "speech_en_44k_stereo.wav"))
     feats = extract_audio_features(tiny_wav2vec, audio, AudioSettings(fps=25, clip_length=16))
     duration = audio["waveform"].shape[-1] / audio["sample_rate"]
     assert feats.num_frames == math.ceil(round(duration * 16000) / 16000 * 25)
@@ -86,7 +85,7 @@ def test_real_speech_features(tiny_wav2vec):
 
 
 def test_silence_gives_finite_features(tiny_wav2vec):
-    feats = extract_audio_features(tiny_wav2vec, read_wav(FIXTURES / "silence_2s_16k.wav"))
+    feats = extract_audio_features(tiny_wav2vec, read_wav(shared_file("fixtures", "silence_2s_16k.wav")))
     assert feats.num_frames == 50 and torch.isfinite(feats.hidden).all()
 
 
@@ -102,7 +101,7 @@ def test_bad_audio_gets_clear_errors(tiny_wav2vec, audio, says):
 
 
 def test_long_audio_in_chunks_matches_single_pass_in_the_middle(tiny_wav2vec):
-    audio = read_wav(FIXTURES / "speech_en_16k_mono.wav")
+    audio = read_wav(shared_file("fixtures", "speech_en_16k_mono.wav"))
     whole = extract_audio_features(tiny_wav2vec, audio, AudioSettings(chunk_seconds=60))
     chunked = extract_audio_features(tiny_wav2vec, audio, AudioSettings(chunk_seconds=3.0, context_seconds=1.0))
     assert chunked.hidden.shape == whole.hidden.shape
@@ -114,7 +113,7 @@ def test_long_audio_in_chunks_matches_single_pass_in_the_middle(tiny_wav2vec):
 
 def test_cnn_in_chunks_is_exact(tiny_wav2vec):
     from emo_core.wav2vec import cnn_features
-    signal = normalise(to_mono_16k(read_wav(FIXTURES / "speech_en_16k_mono.wav")))
+    signal = normalise(to_mono_16k(read_wav(shared_file("fixtures", "speech_en_16k_mono.wav"))))
     whole = cnn_features(tiny_wav2vec, signal, chunk_samples=10 ** 9)
     reference = tiny_wav2vec.feature_extractor(signal[None]).transpose(1, 2)[0]
     assert_close(whole, reference, atol=1e-5, rtol=1e-5)

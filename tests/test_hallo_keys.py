@@ -11,14 +11,13 @@ from emo_core.config import hallo_preset
 from emo_core.errors import IncompatibleCheckpointError
 from emo_core.network import EmoNet
 
-from conftest import SHARED
+from conftest import shared_file
 
-KEYS = SHARED / "parity" / "keys-hallo-full.txt"
+KEYS = ("parity", "keys-hallo-full.txt")
 
 
-def _read_key_list(path):
-    if not path.is_file():
-        pytest.skip(f"Hallo key list not found at {path} (the ../shared checkout is missing)")
+def _read_key_list(parts):
+    path = shared_file(*parts)
     out = {}
     for line in path.read_text().splitlines():
         if line.startswith("#") or not line.strip():

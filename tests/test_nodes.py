@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from comfy_fakes import TinyVAE, load_audio, load_image
-from conftest import (load_pack, mediapipe_models_or_skip, parity_dir, tiny_emo_config_for_fixture_audio,
+from conftest import (load_pack, mediapipe_models_or_skip, parity_dir, shared_file, tiny_emo_config_for_fixture_audio,
                       write_parity_checkpoint)
 
 pack = load_pack()
@@ -200,7 +200,7 @@ def test_speed_from_a_driving_video_recovers_a_known_head_roll(env):
     from PIL import Image
 
     import numpy as np
-    base = Image.open(__import__("comfy_fakes").FIXTURES / "portrait_astronaut_512.png").convert("RGB")
+    base = Image.open(shared_file("fixtures", "portrait_astronaut_512.png")).convert("RGB")
     frames = [np.asarray(base.rotate(2.0 * i, resample=Image.BICUBIC, center=(260, 250))) for i in range(10)]
     images = torch.from_numpy(np.stack(frames).astype(np.float32) / 255.0)
     schedule, mean = run("EMO_SpeedFromVideo", images=images, fps=25.0, smoothing=3)
