@@ -120,11 +120,14 @@ class _Run:
 def generate(net: EmoNet, video: VideoConditions, settings: SamplerSettings = SamplerSettings(), *,
              codec: VaeCodec | None = None, on_step: Callable[[Progress], None] = lambda p: None,
              check_cancel: Callable[[], None] = lambda: None,
-             noise_fn: Callable[[int, tuple], torch.Tensor] | None = None) -> torch.Tensor:
+             noise_fn: Callable[[int, tuple], torch.Tensor] | None = None,
+             before_clip: Callable[[], None] = lambda: None) -> torch.Tensor:
     """Generate every frame: -> (num_frames, 4, h, w) float32 UNSCALED latents on the CPU.
 
     `check_cancel` runs between steps and clips and may raise; then nothing is returned. `noise_fn(clip,
-    shape)` replaces the seeded noise (tests feed a fixture's noise through it).
+    shape)` replaces the seeded noise (tests feed a fixture's noise through it). `before_clip()` runs before
+    each clip is denoised, after the codec re-encoded its motion frames: the VAE may have pushed the network
+    off its device (ComfyUI offloads models when VRAM is short), so the caller puts it back there.
     """
     settings.validate()
     p = next(net.parameters())
@@ -148,6 +151,7 @@ def generate(net: EmoNet, video: VideoConditions, settings: SamplerSettings = Sa
     for plan in plans:
         check_cancel()
         motion = _motion_latents(run, plan, reference, out)
+        before_clip()
         with torch.no_grad():
             clip = _sample_clip(run, plan, ref, motion, len(plans), on_step, check_cancel)
         out[plan.frames.start:plan.frames.stop] = clip[:len(plan.frames)].cpu() / SD15_LATENT_SCALE

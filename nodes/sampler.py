@@ -77,5 +77,6 @@ class EmoSampler:
         net = services.load_on_device(emo_model.net, emo_model.patcher, emo_model.device)
         clips = -(-feats.num_frames // net.config.clip_length)
         latents = generate(net, video, settings, codec=_vae_codec(vae),
-                           on_step=services.ProgressReporter(clips * steps), check_cancel=services.check_interrupt)
+                           on_step=services.ProgressReporter(clips * steps), check_cancel=services.check_interrupt,
+                           before_clip=lambda: services.load_on_device(net, emo_model.patcher, emo_model.device))
         return ({"samples": latents},)

@@ -8,7 +8,7 @@ import shutil
 import pytest
 import torch
 
-from comfy_fakes import TinyVAE, load_audio, load_image
+from comfy_fakes import LowVramComfy, ManagedVAE, TinyVAE, load_audio, load_image
 from conftest import load_pack, mediapipe_models_or_skip, parity_dir, tiny_emo_config
 
 pack = load_pack()
@@ -43,10 +43,10 @@ def run(node_id, **kwargs):
     return out["result"] if isinstance(out, dict) else out
 
 
-def chain(model_name, seconds=0.7, size=128, steps=2, **sampler_kwargs):
+def chain(model_name, seconds=0.7, size=128, steps=2, vae=None, **sampler_kwargs):
     (model,) = run("EMO_ModelLoader", model_name=model_name, precision="auto")
     (encoder,) = run("EMO_AudioEncoderLoader", encoder_name="wav2vec2-tiny")
-    vae = TinyVAE()
+    vae = vae or TinyVAE()
     portrait = load_image("portrait_astronaut_512.png", size)
     (reference,) = run("EMO_ReferenceEncode", emo_model=model, vae=vae, image=portrait)
     audio = load_audio("speech_en_44k_stereo.wav", seconds)
@@ -250,3 +250,19 @@ def test_models_go_through_comfyui_model_management(env, monkeypatch):
     latent, frames, _, _, _ = chain("tiny_emo.safetensors", seconds=0.3, size=64, steps=1)
     assert latent["samples"].shape[0] == frames
     assert ("Wav2Vec2Model", True) in loaded and ("EmoNet", True) in loaded
+
+
+def test_low_vram_the_network_is_reloaded_after_the_vae_between_clips(env, monkeypatch):
+    """Hallo re-encodes motion frames through the VAE between clips; on a device with room for one model
+    ComfyUI unloads the EMO network to load the VAE. The next clip must put the network back first, and
+    the video is the same as with room for everything."""
+    roomy, frames, *_ = chain("hallo_tiny.safetensors", seconds=0.8, size=64, steps=1)
+    comfy = LowVramComfy()
+    comfy.install(monkeypatch)
+    latent, *_ = chain("hallo_tiny.safetensors", seconds=0.8, size=64, steps=1, vae=ManagedVAE(comfy))
+    net = next(p.model.inner for p in comfy.loaded if p.name() == "EmoNet")
+    clips = math.ceil(frames / net.config.clip_length)
+    assert clips >= 2, "the audio must span two clips for the VAE to run between them"
+    sampling = comfy.events[comfy.events.index(("load", "Wav2Vec2Model")) + 1:]
+    assert sampling.count(("unload", "EmoNet")) == clips - 1  # the VAE pushed it out before every later clip
+    assert torch.equal(latent["samples"], roomy["samples"])
