@@ -79,7 +79,8 @@ class SpeedSchedule:
         if self.kind == "constant":
             return speed.constant_speed(self.value, frames)
         if self.kind == "keyframes":
-            return speed.keyframe_speed(self.value, frames)
+            # Keyframes may lie past the audio (the node default does under 4 s): keep the schedule's start.
+            return speed.keyframe_speed(self.value, frames, past_end="cut")
         measured, video_fps = self.value
         # A driving video at another frame rate: sample its speed at each output frame's time.
         t = torch.arange(frames, dtype=torch.float64) / fps * video_fps

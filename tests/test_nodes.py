@@ -2,6 +2,7 @@
 down to a LATENT of exactly the audio's frame count, plus readable errors and the node schemas."""
 from __future__ import annotations
 
+import logging
 import math
 import shutil
 
@@ -159,6 +160,20 @@ def test_speed_schedules_per_frame():
     assert speeds[0] == 0 and speeds[10] == 1 and speeds[11] == 1 and abs(speeds[5] - 0.5) < 1e-9
     measured = pack.nodes.handles.SpeedSchedule("measured", (torch.arange(10, dtype=torch.float64), 50.0))
     assert measured.per_frame(5, 25.0).tolist() == [0, 2, 4, 6, 8]  # a 50 fps video sampled at 25 fps
+
+
+def test_default_speed_keyframes_work_for_audio_shorter_than_their_last_keyframe(env, caplog):
+    """The keyframe node's default reaches past short audio: the sampler runs, the speed is the start of
+    the full schedule, and a log line says the schedule was cut."""
+    default = N["EMO_SpeedKeyframes"].INPUT_TYPES()["required"]["keyframes"][1]["default"]
+    last = max(f for f, _ in pack.emo_core.speed.parse_keyframes(default))
+    (speed,) = run("EMO_SpeedKeyframes", keyframes=default)
+    with caplog.at_level(logging.INFO):
+        latent, frames, fps, _, _ = chain("tiny_emo.safetensors", seconds=0.3, size=64, steps=1, speed=speed)
+    assert frames <= last, "the audio must end before the default's last keyframe"
+    assert latent["samples"].shape[0] == frames
+    assert torch.equal(speed.per_frame(frames, fps), speed.per_frame(last + 1, fps)[:frames])
+    assert f"lie past the video's last frame {frames - 1}" in caplog.text
 
 
 # -- schemas ------------------------------------------------------------------------------------------
