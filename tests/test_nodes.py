@@ -176,6 +176,39 @@ def test_default_speed_keyframes_work_for_audio_shorter_than_their_last_keyframe
     assert f"lie past the video's last frame {frames - 1}" in caplog.text
 
 
+def test_features_and_speed_that_do_not_fit_the_video_are_refused(env):
+    """Features made with another model (other clip settings), features shorter than the video's clips,
+    and a driving video shorter than the audio: one sentence naming the lengths and what to do."""
+    import dataclasses
+
+    (emo,) = run("EMO_ModelLoader", model_name="tiny_emo.safetensors", precision="fp32")
+    (hallo,) = run("EMO_ModelLoader", model_name="hallo_tiny.safetensors", precision="fp32")
+    (encoder,) = run("EMO_AudioEncoderLoader", encoder_name="wav2vec2-tiny")
+    portrait = load_image("portrait_astronaut_512.png", 64)
+    (reference,) = run("EMO_ReferenceEncode", emo_model=emo, vae=TinyVAE(), image=portrait)
+    region, _ = run("EMO_FaceLocator", emo_model=emo, image=portrait, expand_ratio=1.2)
+    audio = load_audio("speech_en_16k_mono.wav", 0.5)
+    sample = dict(emo_model=emo, reference=reference, face_region=region, seed=0, steps=1, cfg=3.5,
+                  sampler_name="ddim")
+    other, _, _ = run("EMO_AudioFeatures", emo_model=hallo, audio_encoder=encoder, audio=audio, fps=25.0)
+    assert (hallo.config.clip_length, hallo.config.motion_frames) != (emo.config.clip_length, emo.config.motion_frames)
+    with pytest.raises(errors.InvalidInputError, match="re-run EMO Audio Features with the same EMO Model Loader"):
+        run("EMO_Sampler", audio_features=other, **sample)
+
+    feats, frames, fps = run("EMO_AudioFeatures", emo_model=emo, audio_encoder=encoder, audio=audio, fps=25.0)
+    clip = emo.config.clip_length
+    needed = math.ceil(frames / clip) * clip
+    cut = dataclasses.replace(feats, features=dataclasses.replace(feats.features,
+                                                                  hidden=feats.features.hidden[:needed - 1]))
+    with pytest.raises(errors.InvalidInputError, match=f"cover {needed - 1} frames but the video needs {needed}"):
+        run("EMO_Sampler", audio_features=cut, **sample)
+
+    driving = pack.nodes.handles.SpeedSchedule("measured", (torch.full((frames - 1,), 0.5, dtype=torch.float64), fps))
+    with pytest.raises(errors.InvalidInputError, match=f"{frames - 1} frames at .* but the audio lasts .*{frames} "
+                                                       "frames.*driving video at least as long"):
+        run("EMO_Sampler", audio_features=feats, speed=driving, **sample)
+
+
 # -- schemas ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("node_id", sorted(N))
 def test_schema(node_id, env):
