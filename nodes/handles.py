@@ -22,6 +22,14 @@ class EmoModel:
     def config(self):
         return self.net.config
 
+    def same_weights(self, other: EmoModel) -> bool:
+        """This handle or another load of the same weights: ComfyUI may run the loader again and still keep
+        a reference encoded with the first load."""
+        if self is other:
+            return True
+        mine = getattr(self.net, "fingerprint", None)
+        return mine is not None and mine == getattr(other.net, "fingerprint", None)
+
 
 @dataclass(eq=False)
 class AudioEncoder:

@@ -76,7 +76,7 @@ class EmoSampler:
 
     def sample(self, emo_model, reference, audio_features, face_region, seed, steps, cfg, sampler_name,
                speed=None, vae=None, pose_weight=1.0, face_weight=1.0, lip_weight=1.0):
-        if reference.model is not emo_model:
+        if not emo_model.same_weights(reference.model):
             raise InvalidInputError("the reference was encoded with another EMO model; connect the same "
                                     "EMO Model Loader to EMO Reference Encode and EMO Sampler")
         _check_sizes(reference, face_region)

@@ -209,6 +209,39 @@ def test_features_and_speed_that_do_not_fit_the_video_are_refused(env):
         run("EMO_Sampler", audio_features=feats, speed=driving, **sample)
 
 
+def test_reference_is_accepted_across_loads_of_the_same_weights_only(env, models_dir):
+    """ComfyUI may run the loader again and keep the cached reference: a second load of the file, or of a
+    copy, samples with it; a model file of the same architecture with other weights is refused."""
+    from emo_core.checkpoint import save_native
+    from emo_core.network import EmoNet
+
+    folder = models_dir / "emo"
+    shutil.copy(folder / "tiny_emo.safetensors", folder / "tiny_emo_copy.safetensors")
+    first = run("EMO_ModelLoader", model_name="tiny_emo.safetensors", precision="fp32")[0]
+    torch.manual_seed(1)
+    save_native(EmoNet(first.config).eval(), str(folder / "tiny_emo_other.safetensors"))
+    try:
+        (encoder,) = run("EMO_AudioEncoderLoader", encoder_name="wav2vec2-tiny")
+        portrait = load_image("portrait_astronaut_512.png", 64)
+        (reference,) = run("EMO_ReferenceEncode", emo_model=first, vae=TinyVAE(), image=portrait)
+        region, _ = run("EMO_FaceLocator", emo_model=first, image=portrait, expand_ratio=1.2)
+        feats, frames, _ = run("EMO_AudioFeatures", emo_model=first, audio_encoder=encoder,
+                               audio=load_audio("speech_en_16k_mono.wav", 0.2), fps=25.0)
+        sample = dict(reference=reference, audio_features=feats, face_region=region, seed=0, steps=1, cfg=3.5,
+                      sampler_name="ddim")
+        for name in ("tiny_emo.safetensors", "tiny_emo_copy.safetensors"):
+            (again,) = run("EMO_ModelLoader", model_name=name, precision="fp32")
+            assert again is not first
+            (latent,) = run("EMO_Sampler", emo_model=again, **sample)
+            assert latent["samples"].shape[0] == frames
+        (other,) = run("EMO_ModelLoader", model_name="tiny_emo_other.safetensors", precision="fp32")
+        with pytest.raises(errors.InvalidInputError, match="encoded with another EMO model"):
+            run("EMO_Sampler", emo_model=other, **sample)
+    finally:
+        for name in ("tiny_emo_copy.safetensors", "tiny_emo_other.safetensors"):
+            (folder / name).unlink()
+
+
 # -- schemas ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("node_id", sorted(N))
 def test_schema(node_id, env):
