@@ -10,6 +10,7 @@ Never unpickles code: .pth/.pt/.ckpt/.bin load with `torch.load(weights_only=Tru
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -27,6 +28,7 @@ HALLO_PREFIXES = ("reference_unet.", "denoising_unet.", "face_locator.", "imagep
 NATIVE_FORMAT = "emo-native"
 PICKLE_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
 _SHOW = 8
+_FINGERPRINT_SAMPLES = 16
 
 
 @dataclass
@@ -133,6 +135,7 @@ def load_network(path: str, dtype: torch.dtype = torch.float32, device: str | to
     with torch.device("meta"):
         net = EmoNet(info.config)
     check_keys(net, state, info.family)
+    net.fingerprint = weights_fingerprint(state, info.config)
     net.load_state_dict(_fresh_tensors(state, dtype, device), strict=True, assign=True)
     net.to(device=device, dtype=dtype).eval()
     log.info("loaded %s (%s family: %s) as %s on %s", os.path.basename(path), info.family, info.reason, dtype, device)
@@ -154,6 +157,21 @@ def _fresh_tensors(state: dict[str, torch.Tensor], dtype: torch.dtype,
         target = dtype if src.is_floating_point() else src.dtype
         out[key] = torch.empty(src.shape, dtype=target, device=device).copy_(src)
     return out
+
+
+def weights_fingerprint(state: dict[str, torch.Tensor], config: EmoNetConfig) -> str:
+    """An identity of a network's weights, whatever file, copy or precision they were loaded from: sha256
+    over the configuration, every key, dtype and shape, and a few values spread over each tensor (cheap:
+    no full pass over gigabytes). Another training or fine-tune changes the values of the tensors it trained."""
+    digest = hashlib.sha256(config.to_json().encode())
+    for key in sorted(state):
+        tensor = state[key].detach()
+        digest.update(f"{key}|{tensor.dtype}|{tuple(tensor.shape)}".encode())
+        flat = tensor.reshape(-1)
+        if flat.numel():
+            at = torch.linspace(0, flat.numel() - 1, min(_FINGERPRINT_SAMPLES, flat.numel())).long()
+            digest.update(flat[at].cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def save_native(net, path: str) -> None:

@@ -51,6 +51,8 @@ class EmoNet(nn.Module):
         self.imageproj = IdentityProjection(config.identity, u.cross_attention_dim) if config.identity else None
         self.audioproj = WindowProjection(config.audio_projection)
         self.speedproj = WindowProjection(config.speed.projection()) if config.speed else None
+        # Identity of the loaded weights (checkpoint.weights_fingerprint), set by checkpoint.load_network.
+        self.fingerprint: str | None = None
 
     # -- condition encoders -------------------------------------------------------------------
     def identity_tokens(self, embedding: torch.Tensor | None, batch: int = 1) -> tuple[torch.Tensor, torch.Tensor]:

@@ -58,7 +58,7 @@ class VideoConditions:
     face_mask: (c, H, W) face-locator input at pixel size (face.FaceRegion.locator_input[0]) or None.
     masks: Hallo's (full, face, lip), each a list over levels of (1 or frames, h_l * w_l), or None.
     identity: (E,) face-identity embedding or None (Hallo falls back to the unconditional tokens).
-    speed: (frames, 2m+1, d) windowed speed buckets or None.
+    speed: (frames, 2m+1, d) windowed speed buckets of at least `num_frames` frames, or None.
     num_frames: the output length; the audio's frame count.
     reference_features: optional ReferenceNet features of `reference` from
         EmoNet.reference_features(..., guidance=True) with the same identity, computed once and reused
@@ -120,11 +120,14 @@ class _Run:
 def generate(net: EmoNet, video: VideoConditions, settings: SamplerSettings = SamplerSettings(), *,
              codec: VaeCodec | None = None, on_step: Callable[[Progress], None] = lambda p: None,
              check_cancel: Callable[[], None] = lambda: None,
-             noise_fn: Callable[[int, tuple], torch.Tensor] | None = None) -> torch.Tensor:
+             noise_fn: Callable[[int, tuple], torch.Tensor] | None = None,
+             before_clip: Callable[[], None] = lambda: None) -> torch.Tensor:
     """Generate every frame: -> (num_frames, 4, h, w) float32 UNSCALED latents on the CPU.
 
     `check_cancel` runs between steps and clips and may raise; then nothing is returned. `noise_fn(clip,
-    shape)` replaces the seeded noise (tests feed a fixture's noise through it).
+    shape)` replaces the seeded noise (tests feed a fixture's noise through it). `before_clip()` runs before
+    each clip is denoised, after the codec re-encoded its motion frames: the VAE may have pushed the network
+    off its device (ComfyUI offloads models when VRAM is short), so the caller puts it back there.
     """
     settings.validate()
     p = next(net.parameters())
@@ -132,6 +135,7 @@ def generate(net: EmoNet, video: VideoConditions, settings: SamplerSettings = Sa
                net.config.guidance_scale if settings.guidance_scale is None else settings.guidance_scale,
                codec, p.device, p.dtype, noise_fn)
     _check_inputs(run)
+    _check_lengths(video)
     plans = plan_clips(video.num_frames, run.clip_length, net.config.motion_frames)
     log.info("EMO sampling: %d frames in %d clip(s) of %d, %d steps, guidance %.2f, %s, seed %d",
              video.num_frames, len(plans), run.clip_length, settings.steps, run.guidance, settings.sampler,
@@ -148,6 +152,7 @@ def generate(net: EmoNet, video: VideoConditions, settings: SamplerSettings = Sa
     for plan in plans:
         check_cancel()
         motion = _motion_latents(run, plan, reference, out)
+        before_clip()
         with torch.no_grad():
             clip = _sample_clip(run, plan, ref, motion, len(plans), on_step, check_cancel)
         out[plan.frames.start:plan.frames.stop] = clip[:len(plan.frames)].cpu() / SD15_LATENT_SCALE
@@ -171,6 +176,14 @@ def _check_inputs(run: _Run) -> None:
     if run.clip_length + cfg.motion_frames > cfg.motion.max_len:
         raise InvalidInputError(f"clip_length {run.clip_length} + {cfg.motion_frames} motion frames exceed the "
                                 f"temporal modules' {cfg.motion.max_len} positions; use a shorter clip")
+
+
+def _check_lengths(v: VideoConditions) -> None:
+    """Per-frame conditions must reach the last frame; a short track would repeat its last row unnoticed."""
+    for name, x in (("audio features", v.audio), ("speed features", v.speed)):
+        if x is not None and x.shape[0] < v.num_frames:
+            raise InvalidInputError(f"the {name} cover {x.shape[0]} frames but the video has {v.num_frames}; "
+                                    "compute them for the whole audio (or set num_frames to their length)")
 
 
 def _motion_latents(run: _Run, plan: ClipPlan, reference: torch.Tensor, out: torch.Tensor) -> torch.Tensor | None:

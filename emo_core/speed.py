@@ -35,6 +35,7 @@ from .windows import window_frames
 log = logging.getLogger(__name__)
 
 INTERPOLATIONS = ("linear", "step")
+PAST_END = ("error", "cut")
 
 __all__ = [
     "INTERPOLATIONS", "MEDIAPIPE_RIGID_LANDMARKS", "constant_speed", "deg_per_frame_to_rad_per_s",
@@ -125,7 +126,8 @@ def constant_speed(speed: float, frames: int) -> torch.Tensor:
     return torch.full((_check_frames(frames),), value, dtype=torch.float64)
 
 
-def _normalise_keyframes(keyframes, frames: int) -> list[tuple[int, float]]:
+def _normalise_keyframes(keyframes, frames: int | None) -> list[tuple[int, float]]:
+    """Checked (frame, speed) pairs in frame order; frames >= `frames` are refused unless it is None."""
     if isinstance(keyframes, Mapping):
         items = sorted(keyframes.items(), key=lambda kv: kv[0])
     elif isinstance(keyframes, (list, tuple)):
@@ -148,7 +150,10 @@ def _normalise_keyframes(keyframes, frames: int) -> list[tuple[int, float]]:
         except TypeError as err:
             raise InvalidInputError(f"keyframe {k} has frame {frame!r}; frames are integer indices "
                                     "from 0") from err
-        if not 0 <= f < frames:
+        if f < 0:
+            raise InvalidInputError(f"keyframe {k} is at frame {f}, outside the clip's frames from 0; "
+                                    "frames are indices from 0")
+        if frames is not None and f >= frames:
             raise InvalidInputError(f"keyframe {k} is at frame {f}, outside the clip's frames 0..{frames - 1}; "
                                     "move it inside or lengthen the clip")
         if out and f == out[-1][0]:
@@ -161,18 +166,27 @@ def _normalise_keyframes(keyframes, frames: int) -> list[tuple[int, float]]:
 
 
 def keyframe_speed(keyframes: Sequence[tuple[int, float]] | Mapping[int, float], frames: int,
-                   interpolation: str = "linear") -> torch.Tensor:
+                   interpolation: str = "linear", past_end: str = "error") -> torch.Tensor:
     """Per-frame head speed (frames,) float64 rad/s from ``(frame, speed)`` keyframes.
 
     A list must be in strictly increasing frame order; a dict is sorted by frame. Frames are 0-based and
     inside ``[0, frames)``; speeds are rad/s and >= 0. Before the first keyframe the first speed holds, after
     the last the last one. ``interpolation``: ``"linear"`` ramps between keyframes, ``"step"`` holds each
-    keyframe's speed until the next keyframe.
+    keyframe's speed until the next keyframe. ``past_end``: keyframes at frame ``frames`` or later are an
+    error (``"error"``), or (``"cut"``) the schedule is the one of a video long enough to reach them, cut
+    after ``frames`` frames: the ramp towards a later keyframe stays, so a frame's speed does not depend on
+    how long the audio is.
     """
     n = _check_frames(frames)
     if interpolation not in INTERPOLATIONS:
         raise InvalidInputError(f"interpolation={interpolation!r} is not one of {INTERPOLATIONS}")
-    keys = _normalise_keyframes(keyframes, n)
+    if past_end not in PAST_END:
+        raise InvalidInputError(f"past_end={past_end!r} is not one of {PAST_END}")
+    keys = _normalise_keyframes(keyframes, n if past_end == "error" else None)
+    late = [f for f, _ in keys if f >= n]
+    if late:
+        log.info("speed keyframes at frames %s lie past the video's last frame %d: the schedule is cut there",
+                 ", ".join(map(str, late)), n - 1)
     at = torch.tensor([f for f, _ in keys], dtype=torch.float64)
     val = torch.tensor([s for _, s in keys], dtype=torch.float64)
     t = torch.arange(n, dtype=torch.float64)

@@ -178,18 +178,31 @@ def encode_frames(model, cnn: torch.Tensor, frames: int, keep: tuple[int, int] |
     p = next(model.parameters())
     x = F.interpolate(cnn.T[None].to(p.device, p.dtype), size=frames, mode="linear", align_corners=True)
     hidden, _ = model.feature_projection(x.transpose(1, 2))
-    outputs: list[torch.Tensor] = []
-    hooks = [layer.register_forward_hook(lambda m, i, o: outputs.append(o[0] if isinstance(o, tuple) else o))
-             for layer in model.encoder.layers]
-    try:
-        model.encoder(hidden)
-    finally:
-        for h in hooks:
-            h.remove()
-    if model.config.do_stable_layer_norm:
-        # transformers reports the last layer of the stable-layer-norm encoder after its final LayerNorm.
-        outputs[-1] = model.encoder.layer_norm(outputs[-1])
+    outputs = _layer_outputs(model.encoder, hidden)
     out = torch.stack(outputs, dim=2)[0]
     if keep is not None:
         out = out[keep[0]:keep[1]]
     return out.float().cpu()
+
+
+def _layer_outputs(encoder, hidden: torch.Tensor) -> list[torch.Tensor]:
+    """Every transformer layer's output: what `output_hidden_states` reports after the encoder's input
+    (Hallo stacks `hidden_states[1:]`), the stable-layer-norm encoder's last one after its final LayerNorm.
+
+    The encoder's steps run here one by one, with no hooks: forward hooks live on the shared model, so two
+    calls at once (two ComfyUI workers, one cached encoder) collected each other's layers. transformers 5
+    no longer returns hidden states from the encoder itself (only the top-level forward records them), and
+    that forward starts from raw audio, not the interpolated CNN features Hallo encodes.
+    """
+    stable = encoder.config.do_stable_layer_norm
+    hidden = hidden + encoder.pos_conv_embed(hidden)
+    if not stable:
+        hidden = encoder.layer_norm(hidden)
+    outputs = []
+    for layer in encoder.layers:  # eval mode: no dropout, no LayerDrop
+        out = layer(hidden, attention_mask=None)
+        hidden = out[0] if isinstance(out, tuple) else out  # a tuple in transformers 4
+        outputs.append(hidden)
+    if stable:
+        outputs[-1] = encoder.layer_norm(outputs[-1])
+    return outputs

@@ -6,6 +6,8 @@ from typing import Any
 
 import torch
 
+from ..emo_core.errors import InvalidInputError
+
 
 @dataclass(eq=False)
 class EmoModel:
@@ -19,6 +21,14 @@ class EmoModel:
     @property
     def config(self):
         return self.net.config
+
+    def same_weights(self, other: EmoModel) -> bool:
+        """This handle or another load of the same weights: ComfyUI may run the loader again and still keep
+        a reference encoded with the first load."""
+        if self is other:
+            return True
+        mine = getattr(self.net, "fingerprint", None)
+        return mine is not None and mine == getattr(other.net, "fingerprint", None)
 
 
 @dataclass(eq=False)
@@ -79,8 +89,14 @@ class SpeedSchedule:
         if self.kind == "constant":
             return speed.constant_speed(self.value, frames)
         if self.kind == "keyframes":
-            return speed.keyframe_speed(self.value, frames)
+            # Keyframes may lie past the audio (the node default does under 4 s): keep the schedule's start.
+            return speed.keyframe_speed(self.value, frames, past_end="cut")
         measured, video_fps = self.value
+        if measured.shape[0] / video_fps < frames / fps - 1e-9:
+            raise InvalidInputError(f"the driving video's head speed covers {measured.shape[0] / video_fps:.2f} s "
+                                    f"({measured.shape[0]} frames at {video_fps:g} fps) but the audio lasts "
+                                    f"{frames / fps:.2f} s ({frames} frames at {fps:g} fps); use a driving video at "
+                                    "least as long as the audio, or trim the audio")
         # A driving video at another frame rate: sample its speed at each output frame's time.
         t = torch.arange(frames, dtype=torch.float64) / fps * video_fps
         return measured[t.round().long().clamp(0, measured.shape[0] - 1)]

@@ -23,6 +23,22 @@ def _check_sizes(reference, face_region) -> None:
                                 f"{w * 8}x{h * 8}; connect the same portrait to EMO Face Locator")
 
 
+def _check_features(emo_model, audio_features) -> None:
+    """The features must be cut for this model's clips and cover every frame of its last clip."""
+    cfg, feats = emo_model.config, audio_features.features
+    made = (audio_features.clip_length, audio_features.motion_frames, feats.window)
+    want = (cfg.clip_length, cfg.motion_frames, cfg.audio_projection.window)
+    if made != want:
+        raise InvalidInputError(f"the audio features were made for clips of {made[0]} frames with {made[1]} motion "
+                                f"frames and {made[2]}-frame windows, but this EMO model uses {want[0]}, {want[1]} "
+                                f"and {want[2]}; re-run EMO Audio Features with the same EMO Model Loader")
+    needed = -(-feats.num_frames // cfg.clip_length) * cfg.clip_length
+    if feats.padded_frames < needed:
+        raise InvalidInputError(f"the audio features cover {feats.padded_frames} frames but the video needs "
+                                f"{needed} ({feats.num_frames} frames in whole clips of {cfg.clip_length}); re-run "
+                                "EMO Audio Features with the same EMO Model Loader")
+
+
 class EmoSampler:
     """Denoises the whole video clip by clip; the last n frames of each clip drive the next."""
     CATEGORY = "EMO/sampling"
@@ -60,10 +76,11 @@ class EmoSampler:
 
     def sample(self, emo_model, reference, audio_features, face_region, seed, steps, cfg, sampler_name,
                speed=None, vae=None, pose_weight=1.0, face_weight=1.0, lip_weight=1.0):
-        if reference.model is not emo_model:
+        if not emo_model.same_weights(reference.model):
             raise InvalidInputError("the reference was encoded with another EMO model; connect the same "
                                     "EMO Model Loader to EMO Reference Encode and EMO Sampler")
         _check_sizes(reference, face_region)
+        _check_features(emo_model, audio_features)
         feats = audio_features.features
         video = VideoConditions(
             reference=reference.latent, audio=feats.windowed(), num_frames=feats.num_frames,
@@ -77,5 +94,6 @@ class EmoSampler:
         net = services.load_on_device(emo_model.net, emo_model.patcher, emo_model.device)
         clips = -(-feats.num_frames // net.config.clip_length)
         latents = generate(net, video, settings, codec=_vae_codec(vae),
-                           on_step=services.ProgressReporter(clips * steps), check_cancel=services.check_interrupt)
+                           on_step=services.ProgressReporter(clips * steps), check_cancel=services.check_interrupt,
+                           before_clip=lambda: services.load_on_device(net, emo_model.patcher, emo_model.device))
         return ({"samples": latents},)

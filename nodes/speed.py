@@ -38,7 +38,9 @@ class EmoSpeedKeyframes:
     def INPUT_TYPES(cls):
         return {"required": {"keyframes": ("STRING", {"default": "0:0.3, 50:1.0, 100:0.3", "multiline": False,
                                                       "tooltip": "frame:speed pairs, speed in rad/s; held "
-                                                                 "before the first and after the last."})}}
+                                                                 "before the first and after the last. Keyframes "
+                                                                 "past the video's end still shape the ramp "
+                                                                 "towards them; the schedule is cut at the end."})}}
 
     @classmethod
     def VALIDATE_INPUTS(cls, keyframes):

@@ -1,6 +1,10 @@
 """ComfyUI-format values for node tests without ComfyUI: IMAGE/AUDIO tensors from the shared fixtures and a
-VAE object with ComfyUI's encode/decode API around a tiny random diffusers AutoencoderKL."""
+VAE object with ComfyUI's encode/decode API around a tiny random diffusers AutoencoderKL, and stand-ins for
+ComfyUI's model management on a device with room for one model."""
 from __future__ import annotations
+
+import sys
+import types
 
 import numpy as np
 import torch
@@ -51,3 +55,77 @@ class TinyVAE:
     def decode(self, latent: torch.Tensor) -> torch.Tensor:
         x = self.model.decode(latent).sample
         return ((x + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1)
+
+
+class LowVramComfy:
+    """Stand-ins for comfy.model_management and comfy.model_patcher on a device that holds one model at a
+    time, as ComfyUI behaves when VRAM is short: loading a model unloads every other one. An unloaded
+    model's tensors go to the 'meta' device (the real ones are kept aside), so using it before it is loaded
+    again fails, as a network left on the offload device does on a GPU. `events` records ("load" | "unload",
+    model class name)."""
+
+    def __init__(self):
+        self.loaded: list = []
+        self.events: list[tuple[str, str]] = []
+        comfy = self
+
+        class ModelPatcher:
+            def __init__(self, model, load_device, offload_device):
+                self.model, self.load_device, self.kept = model, load_device, None
+
+            def name(self) -> str:
+                return type(getattr(self.model, "inner", self.model)).__name__
+
+        self.ModelPatcher = ModelPatcher
+
+        def load_models_gpu(patchers, force_full_load=False):
+            for other in [p for p in comfy.loaded if p not in patchers]:
+                comfy._unload(other)
+            for p in patchers:
+                if p not in comfy.loaded:
+                    comfy._load(p)
+
+        self.model_management = types.SimpleNamespace(
+            get_torch_device=lambda: torch.device("cpu"), unet_offload_device=lambda: torch.device("cpu"),
+            unet_dtype=lambda device, supported_dtypes: torch.float32, load_models_gpu=load_models_gpu,
+            throw_exception_if_processing_interrupted=lambda: None)
+
+    def _unload(self, p) -> None:
+        tensors = {**dict(p.model.named_parameters()), **dict(p.model.named_buffers())}
+        p.kept = {k: v.detach() for k, v in tensors.items()}
+        p.model.to("meta")
+        self.loaded.remove(p)
+        self.events.append(("unload", p.name()))
+
+    def _load(self, p) -> None:
+        if p.kept is not None:
+            p.model.to_empty(device=p.load_device)
+            with torch.no_grad():
+                for k, v in {**dict(p.model.named_parameters()), **dict(p.model.named_buffers())}.items():
+                    v.copy_(p.kept[k])
+            p.kept = None
+        self.loaded.append(p)
+        self.events.append(("load", p.name()))
+
+    def install(self, monkeypatch) -> None:
+        """Make these the ComfyUI modules the pack's services module imports."""
+        for name, module in {"comfy": types.ModuleType("comfy"), "comfy.model_management": self.model_management,
+                             "comfy.model_patcher": types.SimpleNamespace(ModelPatcher=self.ModelPatcher)}.items():
+            monkeypatch.setitem(sys.modules, name, module)
+
+
+class ManagedVAE(TinyVAE):
+    """TinyVAE that, like ComfyUI's VAE, has model management load it before every encode and decode."""
+
+    def __init__(self, comfy: LowVramComfy, seed: int = 0):
+        super().__init__(seed)
+        self.comfy = comfy
+        self.patcher = comfy.ModelPatcher(self.model, torch.device("cpu"), torch.device("cpu"))
+
+    def encode(self, image: torch.Tensor) -> torch.Tensor:
+        self.comfy.model_management.load_models_gpu([self.patcher])
+        return super().encode(image)
+
+    def decode(self, latent: torch.Tensor) -> torch.Tensor:
+        self.comfy.model_management.load_models_gpu([self.patcher])
+        return super().decode(latent)

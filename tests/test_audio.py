@@ -139,3 +139,43 @@ def test_single_file_safetensors_with_prefix_loads_like_the_folder(tmp_path):
 def test_missing_model_names_the_folder(tmp_path):
     with pytest.raises(MissingWeightsError, match=str(tmp_path)):
         load_wav2vec(str(tmp_path / "wav2vec2-base-960h.safetensors"))
+
+
+def test_encoder_layers_are_what_transformers_reports_as_hidden_states(tiny_wav2vec):
+    """At the CNN's own frame rate (no interpolation) the stacked layers are `hidden_states[1:]` of the
+    whole model, as Hallo stacks them (the stable-layer-norm encoder's last one after its final norm)."""
+    from emo_core.wav2vec import cnn_features, encode_frames
+    signal = normalise(to_mono_16k(read_wav(FIXTURES / "speech_en_16k_mono.wav")))[:16000]
+    cnn = cnn_features(tiny_wav2vec, signal)
+    ours = encode_frames(tiny_wav2vec, cnn, cnn.shape[0])
+    with torch.no_grad():
+        out = tiny_wav2vec(signal[None], output_hidden_states=True)
+    expected = list(out.hidden_states[1:])
+    if tiny_wav2vec.config.do_stable_layer_norm:
+        expected[-1] = out.last_hidden_state
+    assert ours.shape == (cnn.shape[0], tiny_wav2vec.config.num_hidden_layers, tiny_wav2vec.config.hidden_size)
+    assert_close(ours, torch.stack(expected, dim=2)[0], atol=1e-5, rtol=1e-5)
+
+
+def test_concurrent_encodes_on_one_model_do_not_mix_layers(tiny_wav2vec):
+    """ComfyUI may run two prompts' audio nodes on the same cached encoder at once: every thread gets
+    exactly its single-threaded result."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from emo_core.wav2vec import cnn_features, encode_frames
+    signal = normalise(to_mono_16k(read_wav(FIXTURES / "speech_en_16k_mono.wav")))
+    cnn = cnn_features(tiny_wav2vec, signal)
+    sizes = [cnn.shape[0] // 2 + 7 * k for k in range(8)]  # different lengths: mixed-up layers cannot stack
+    alone = [encode_frames(tiny_wav2vec, cnn, n) for n in sizes]
+    start = threading.Barrier(len(sizes))
+
+    def encode(n):
+        start.wait()
+        return [encode_frames(tiny_wav2vec, cnn, n) for _ in range(3)]
+
+    with ThreadPoolExecutor(len(sizes)) as pool:
+        results = list(pool.map(encode, sizes))
+    for n, single, repeats in zip(sizes, alone, results):
+        for got in repeats:
+            assert torch.equal(got, single), f"{n} frames: a concurrent encode differs from the single one"

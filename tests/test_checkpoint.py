@@ -126,3 +126,25 @@ def test_hallo_config_clip_settings_are_honoured(parity):
     assert (config.motion_frames, config.clip_length) == (n, plain.clip_length + 2)
     with pytest.raises(IncompatibleCheckpointError, match="n_motion_frames must be an integer"):
         detect_family(state, {**metadata, "hallo_config": json.dumps({**hallo, "n_motion_frames": "3"})})
+
+
+def test_fingerprint_follows_the_weights_not_the_file_or_precision(tmp_path):
+    """Loads of one file, of a copy and at another precision share a fingerprint; other weights of the
+    same architecture, or one changed tensor, do not."""
+    import shutil
+
+    torch.manual_seed(0)
+    net = EmoNet(tiny_emo_config()).eval()
+    save_native(net, str(tmp_path / "a.safetensors"))
+    shutil.copy(tmp_path / "a.safetensors", tmp_path / "copy.safetensors")
+    first = load_network(str(tmp_path / "a.safetensors")).fingerprint
+    assert first and load_network(str(tmp_path / "a.safetensors")).fingerprint == first
+    assert load_network(str(tmp_path / "copy.safetensors")).fingerprint == first
+    assert load_network(str(tmp_path / "a.safetensors"), dtype=torch.float16).fingerprint == first
+    torch.manual_seed(1)
+    save_native(EmoNet(tiny_emo_config()).eval(), str(tmp_path / "other.safetensors"))
+    assert load_network(str(tmp_path / "other.safetensors")).fingerprint != first
+    with torch.no_grad():
+        next(net.audioproj.parameters()).add_(1e-3)  # a fine-tune of one small module
+    save_native(net, str(tmp_path / "tuned.safetensors"))
+    assert load_network(str(tmp_path / "tuned.safetensors")).fingerprint != first

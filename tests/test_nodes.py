@@ -2,15 +2,16 @@
 down to a LATENT of exactly the audio's frame count, plus readable errors and the node schemas."""
 from __future__ import annotations
 
+import logging
 import math
 import shutil
 
 import pytest
 import torch
 
-from comfy_fakes import TinyVAE, load_audio, load_image
-from conftest import (load_pack, mediapipe_models_or_skip, parity_dir, shared_file, tiny_emo_config_for_fixture_audio,
-                      write_parity_checkpoint)
+from comfy_fakes import LowVramComfy, ManagedVAE, TinyVAE, load_audio, load_image
+from conftest import (load_pack, mediapipe_models_or_skip, parity_dir, shared_file, tiny_emo_config,
+                      tiny_emo_config_for_fixture_audio, write_parity_checkpoint)
 
 pack = load_pack()
 N = pack.NODE_CLASS_MAPPINGS
@@ -46,16 +47,21 @@ def loaded(model_name, precision="auto"):
     return model
 
 
+def two_clips_seconds(model_name, fps=25.0):
+    """Audio length that makes exactly two clips of the model at `fps`, whatever its clip length."""
+    return (2 * loaded(model_name, "fp32").config.clip_length - 1) / fps
+
+
 def run(node_id, **kwargs):
     node = N[node_id]()
     out = getattr(node, node.FUNCTION)(**kwargs)
     return out["result"] if isinstance(out, dict) else out
 
 
-def chain(model_name, seconds=0.7, size=128, steps=2, **sampler_kwargs):
+def chain(model_name, seconds=0.7, size=128, steps=2, vae=None, **sampler_kwargs):
     model = loaded(model_name)
     (encoder,) = run("EMO_AudioEncoderLoader", encoder_name="wav2vec2-tiny")
-    vae = TinyVAE()
+    vae = vae or TinyVAE()
     portrait = load_image("portrait_astronaut_512.png", size)
     (reference,) = run("EMO_ReferenceEncode", emo_model=model, vae=vae, image=portrait)
     audio = load_audio("speech_en_44k_stereo.wav", seconds)
@@ -80,8 +86,8 @@ def test_emo_chain_gives_a_latent_of_exactly_the_audio_frame_count(env):
 def test_hallo_chain_re_encodes_motion_frames_through_the_vae(env):
     config = loaded("hallo_tiny.safetensors").config
     f, n = config.clip_length, config.motion_frames
-    seconds = (2 * f - 1) / 25  # two clips at 25 fps, whatever the fixture's clip length
-    latent, frames, _, _, vae = chain("hallo_tiny.safetensors", seconds=seconds, size=64)
+    latent, frames, _, _, vae = chain("hallo_tiny.safetensors", seconds=two_clips_seconds("hallo_tiny.safetensors"),
+                                      size=64)
     assert latent["samples"].shape == (frames, 4, 8, 8)
     clips = math.ceil(frames / f)
     assert clips == 2
@@ -174,6 +180,86 @@ def test_speed_schedules_per_frame():
     assert measured.per_frame(5, 25.0).tolist() == [0, 2, 4, 6, 8]  # a 50 fps video sampled at 25 fps
 
 
+def test_default_speed_keyframes_work_for_audio_shorter_than_their_last_keyframe(env, caplog):
+    """The keyframe node's default reaches past short audio: the sampler runs, the speed is the start of
+    the full schedule, and a log line says the schedule was cut."""
+    default = N["EMO_SpeedKeyframes"].INPUT_TYPES()["required"]["keyframes"][1]["default"]
+    last = max(f for f, _ in pack.emo_core.speed.parse_keyframes(default))
+    (speed,) = run("EMO_SpeedKeyframes", keyframes=default)
+    with caplog.at_level(logging.INFO):
+        latent, frames, fps, _, _ = chain("tiny_emo.safetensors", seconds=0.3, size=64, steps=1, speed=speed)
+    assert frames <= last, "the audio must end before the default's last keyframe"
+    assert latent["samples"].shape[0] == frames
+    assert torch.equal(speed.per_frame(frames, fps), speed.per_frame(last + 1, fps)[:frames])
+    assert f"lie past the video's last frame {frames - 1}" in caplog.text
+
+
+def test_features_and_speed_that_do_not_fit_the_video_are_refused(env):
+    """Features made with another model (other clip settings), features shorter than the video's clips,
+    and a driving video shorter than the audio: one sentence naming the lengths and what to do."""
+    import dataclasses
+
+    (emo,) = run("EMO_ModelLoader", model_name="tiny_emo.safetensors", precision="fp32")
+    (hallo,) = run("EMO_ModelLoader", model_name="hallo_tiny.safetensors", precision="fp32")
+    (encoder,) = run("EMO_AudioEncoderLoader", encoder_name="wav2vec2-tiny")
+    portrait = load_image("portrait_astronaut_512.png", 64)
+    (reference,) = run("EMO_ReferenceEncode", emo_model=emo, vae=TinyVAE(), image=portrait)
+    region, _ = run("EMO_FaceLocator", emo_model=emo, image=portrait, expand_ratio=1.2)
+    audio = load_audio("speech_en_16k_mono.wav", 0.5)
+    sample = dict(emo_model=emo, reference=reference, face_region=region, seed=0, steps=1, cfg=3.5,
+                  sampler_name="ddim")
+    other, _, _ = run("EMO_AudioFeatures", emo_model=hallo, audio_encoder=encoder, audio=audio, fps=25.0)
+    assert (hallo.config.clip_length, hallo.config.motion_frames) != (emo.config.clip_length, emo.config.motion_frames)
+    with pytest.raises(errors.InvalidInputError, match="re-run EMO Audio Features with the same EMO Model Loader"):
+        run("EMO_Sampler", audio_features=other, **sample)
+
+    feats, frames, fps = run("EMO_AudioFeatures", emo_model=emo, audio_encoder=encoder, audio=audio, fps=25.0)
+    clip = emo.config.clip_length
+    needed = math.ceil(frames / clip) * clip
+    cut = dataclasses.replace(feats, features=dataclasses.replace(feats.features,
+                                                                  hidden=feats.features.hidden[:needed - 1]))
+    with pytest.raises(errors.InvalidInputError, match=f"cover {needed - 1} frames but the video needs {needed}"):
+        run("EMO_Sampler", audio_features=cut, **sample)
+
+    driving = pack.nodes.handles.SpeedSchedule("measured", (torch.full((frames - 1,), 0.5, dtype=torch.float64), fps))
+    with pytest.raises(errors.InvalidInputError, match=f"{frames - 1} frames at .* but the audio lasts .*{frames} "
+                                                       "frames.*driving video at least as long"):
+        run("EMO_Sampler", audio_features=feats, speed=driving, **sample)
+
+
+def test_reference_is_accepted_across_loads_of_the_same_weights_only(env, models_dir):
+    """ComfyUI may run the loader again and keep the cached reference: a second load of the file, or of a
+    copy, samples with it; a model file of the same architecture with other weights is refused."""
+    from emo_core.checkpoint import save_native
+    from emo_core.network import EmoNet
+
+    folder = models_dir / "emo"
+    shutil.copy(folder / "tiny_emo.safetensors", folder / "tiny_emo_copy.safetensors")
+    first = run("EMO_ModelLoader", model_name="tiny_emo.safetensors", precision="fp32")[0]
+    torch.manual_seed(1)
+    save_native(EmoNet(first.config).eval(), str(folder / "tiny_emo_other.safetensors"))
+    try:
+        (encoder,) = run("EMO_AudioEncoderLoader", encoder_name="wav2vec2-tiny")
+        portrait = load_image("portrait_astronaut_512.png", 64)
+        (reference,) = run("EMO_ReferenceEncode", emo_model=first, vae=TinyVAE(), image=portrait)
+        region, _ = run("EMO_FaceLocator", emo_model=first, image=portrait, expand_ratio=1.2)
+        feats, frames, _ = run("EMO_AudioFeatures", emo_model=first, audio_encoder=encoder,
+                               audio=load_audio("speech_en_16k_mono.wav", 0.2), fps=25.0)
+        sample = dict(reference=reference, audio_features=feats, face_region=region, seed=0, steps=1, cfg=3.5,
+                      sampler_name="ddim")
+        for name in ("tiny_emo.safetensors", "tiny_emo_copy.safetensors"):
+            (again,) = run("EMO_ModelLoader", model_name=name, precision="fp32")
+            assert again is not first
+            (latent,) = run("EMO_Sampler", emo_model=again, **sample)
+            assert latent["samples"].shape[0] == frames
+        (other,) = run("EMO_ModelLoader", model_name="tiny_emo_other.safetensors", precision="fp32")
+        with pytest.raises(errors.InvalidInputError, match="encoded with another EMO model"):
+            run("EMO_Sampler", emo_model=other, **sample)
+    finally:
+        for name in ("tiny_emo_copy.safetensors", "tiny_emo_other.safetensors"):
+            (folder / name).unlink()
+
+
 # -- schemas ------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("node_id", sorted(N))
 def test_schema(node_id, env):
@@ -263,3 +349,20 @@ def test_models_go_through_comfyui_model_management(env, monkeypatch):
     latent, frames, _, _, _ = chain("tiny_emo.safetensors", seconds=0.3, size=64, steps=1)
     assert latent["samples"].shape[0] == frames
     assert ("Wav2Vec2Model", True) in loaded and ("EmoNet", True) in loaded
+
+
+def test_low_vram_the_network_is_reloaded_after_the_vae_between_clips(env, monkeypatch):
+    """Hallo re-encodes motion frames through the VAE between clips; on a device with room for one model
+    ComfyUI unloads the EMO network to load the VAE. The next clip must put the network back first, and
+    the video is the same as with room for everything."""
+    seconds = two_clips_seconds("hallo_tiny.safetensors")
+    roomy, frames, *_ = chain("hallo_tiny.safetensors", seconds=seconds, size=64, steps=1)
+    comfy = LowVramComfy()
+    comfy.install(monkeypatch)
+    latent, *_ = chain("hallo_tiny.safetensors", seconds=seconds, size=64, steps=1, vae=ManagedVAE(comfy))
+    net = next(p.model.inner for p in comfy.loaded if p.name() == "EmoNet")
+    clips = math.ceil(frames / net.config.clip_length)
+    assert clips >= 2, "the audio must span two clips for the VAE to run between them"
+    sampling = comfy.events[comfy.events.index(("load", "Wav2Vec2Model")) + 1:]
+    assert sampling.count(("unload", "EmoNet")) == clips - 1  # the VAE pushed it out before every later clip
+    assert torch.equal(latent["samples"], roomy["samples"])

@@ -132,14 +132,17 @@ def test_cancel_between_steps_stops_without_a_result(net):
     assert len(seen) < 9
 
 
-def test_audio_shorter_than_the_video_repeats_its_last_frame(net):
-    v = video(net, 6, audio_frames=6)
-    full = generate(net, v, FAST)
-    v.audio = torch.cat([v.audio[:5], v.audio[4:5]])  # the same values, row 5 = row 4
-    short = video(net, 6)
-    short.audio = v.audio[:5]
-    assert_close(generate(net, short, FAST), generate(net, v, FAST), atol=0, rtol=0)
-    assert full.shape == (6, 4, H, W)
+def test_audio_or_speed_shorter_than_the_video_is_refused(net):
+    """A track that ends before the video would repeat its last row unnoticed; the error names both lengths."""
+    frames = 6
+    v = video(net, frames)
+    v.audio = v.audio[:frames - 1]
+    with pytest.raises(InvalidInputError, match=f"audio features cover {frames - 1} frames but the video has {frames}"):
+        generate(net, v, FAST)
+    v = video(net, frames)
+    v.speed = v.speed[:frames - 2]
+    with pytest.raises(InvalidInputError, match=f"speed features cover {frames - 2} frames but the video has {frames}"):
+        generate(net, v, FAST)
 
 
 @pytest.mark.parametrize("name", list(SAMPLERS))

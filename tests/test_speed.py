@@ -1,6 +1,7 @@
 """EMO speed conditioning: bucket maths, schedules, units, and head speed measured from poses and landmarks."""
 from __future__ import annotations
 
+import logging
 import math
 
 import pytest
@@ -9,7 +10,7 @@ import torch
 from conftest import tiny_emo_config
 from emo_core.config import DEFAULT_SPEED_CENTRES, DEFAULT_SPEED_RADII, SpeedConfig
 from emo_core.errors import InvalidInputError
-from emo_core.speed import (MEDIAPIPE_RIGID_LANDMARKS, constant_speed, deg_per_frame_to_rad_per_s,
+from emo_core.speed import (INTERPOLATIONS, MEDIAPIPE_RIGID_LANDMARKS, constant_speed, deg_per_frame_to_rad_per_s,
                             head_rotations_from_landmarks, keyframe_speed, normalized_landmarks_to_pixels,
                             parse_keyframes, rad_per_s_to_deg_per_frame, rotation_angles, rotations_from_transforms,
                             smooth_series, speed_buckets, speed_features, speed_from_landmarks,
@@ -157,6 +158,28 @@ def test_keyframe_speed_linear_and_step():
 def test_keyframe_errors_name_the_bad_value(keys, match):
     with pytest.raises(InvalidInputError, match=match):
         keyframe_speed(keys, 10)
+
+
+@pytest.mark.parametrize("interpolation", INTERPOLATIONS)
+def test_keyframes_past_the_end_are_cut_not_refused(interpolation, caplog):
+    """past_end="cut": the schedule of a video long enough to reach every keyframe, cut to the frames asked
+    for, with a log line naming the keyframes left out."""
+    keys = [(2, 1.0), (6, 0.0), (15, 2.0), (20, 0.5)]
+    whole = keyframe_speed(keys, keys[-1][0] + 1, interpolation)
+    for frames in (1, 4, 7, keys[-1][0]):
+        with caplog.at_level(logging.INFO, logger="emo_core.speed"):
+            caplog.clear()
+            cut = keyframe_speed(keys, frames, interpolation, past_end="cut")
+        assert torch.equal(cut, whole[:frames])
+        late = [f for f, _ in keys if f >= frames]
+        assert f"keyframes at frames {', '.join(map(str, late))} lie past the video's last frame {frames - 1}" \
+            in caplog.text
+    with pytest.raises(InvalidInputError, match=f"frame {keys[-1][0]}, outside"):
+        keyframe_speed(keys, keys[-1][0], interpolation)  # the default still refuses them
+    with pytest.raises(InvalidInputError, match="frame -1, outside"):
+        keyframe_speed([(-1, 1.0)], 4, interpolation, past_end="cut")
+    with pytest.raises(InvalidInputError, match="past_end='hold'"):
+        keyframe_speed(keys, 4, interpolation, past_end="hold")
 
 
 def test_keyframe_bad_interpolation():
