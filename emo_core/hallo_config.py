@@ -35,10 +35,11 @@ def _audio_form(d: dict[str, Any]) -> str:
                                       "only all-or-none is supported")
 
 
-def _clip_settings(meta: dict[str, Any]) -> dict[str, int]:
+def _clip_settings(meta: dict[str, Any], max_len: int) -> dict[str, int]:
     """Hallo's data settings (configs/inference/default.yaml: `n_motion_frames`, `n_sample_frames`) when the
     file carries them, top level or under `data`; a variant trained with another count must keep it.
-    Absent (Hallo's own net.pth has no metadata at all): the official 2 motion frames of 16-frame clips."""
+    Absent (Hallo's own net.pth has no metadata at all): the official 2 motion frames of 16-frame clips,
+    the clip shortened when the file's temporal positions (`max_len`) cannot hold that many frames."""
     data = {**meta.get("data", {}), **meta}
     out = {}
     for ours, theirs in (("motion_frames", "n_motion_frames"), ("clip_length", "n_sample_frames")):
@@ -47,6 +48,10 @@ def _clip_settings(meta: dict[str, Any]) -> dict[str, int]:
             if isinstance(value, bool) or not isinstance(value, int):
                 raise IncompatibleCheckpointError(f"hallo_config {theirs} must be an integer, got {value!r}")
             out[ours] = value
+    if "clip_length" not in out:
+        official = hallo_preset()
+        motion = out.get("motion_frames", official.motion_frames)
+        out["clip_length"] = max(1, min(official.clip_length, max_len - motion))
     return out
 
 
@@ -76,7 +81,7 @@ def config_from_hallo(meta: dict[str, Any]) -> EmoNetConfig:
                                            block_out_channels=tuple(fl["block_out_channels"])),
             identity=None if ip is None else IdentityConfig(embedding_dim=ip["clip_embeddings_dim"],
                                                             tokens=ip["clip_extra_context_tokens"]),
-            **_clip_settings(meta),
+            **_clip_settings(meta, mm.get("temporal_position_encoding_max_len", 32)),
         )
     except KeyError as err:
         raise IncompatibleCheckpointError(f"hallo_config metadata lacks {err}") from err

@@ -93,8 +93,8 @@ def parity():
 
 def write_parity_checkpoint(dest: Path, meta: dict) -> Path:
     """The fixture's net.safetensors as a Hallo variant that says its own clip settings: the cases'
-    `n_motion_frames` goes into the file's `hallo_config` (the fixture set may use another count than
-    the official 2), so the loader, not the test, has to honour it."""
+    `n_motion_frames` and `clip_length` go into the file's `hallo_config` (the fixture set may use other
+    counts than the official 2 and 16), so the loader, not the test, has to honour them."""
     from safetensors import safe_open
     from safetensors.torch import save_file
 
@@ -103,6 +103,7 @@ def write_parity_checkpoint(dest: Path, meta: dict) -> Path:
         metadata = dict(f.metadata() or {})
     hallo = json.loads(metadata["hallo_config"])
     hallo["n_motion_frames"] = int(meta["n_motion_frames"])
+    hallo["n_sample_frames"] = int(meta["clip_length"])
     metadata["hallo_config"] = json.dumps(hallo)
     save_file(tensors, str(dest), metadata=metadata)
     return dest
@@ -118,7 +119,8 @@ def parity_net(parity, parity_checkpoint):
     from emo_core.checkpoint import load_network
     torch.backends.cuda.matmul.allow_tf32 = False
     net = load_network(str(parity_checkpoint), dtype=torch.float32)
-    assert net.config.motion_frames == int(parity[2]["n_motion_frames"])
+    assert (net.config.motion_frames, net.config.clip_length) == (int(parity[2]["n_motion_frames"]),
+                                                                  int(parity[2]["clip_length"]))
     return net
 
 

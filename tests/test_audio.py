@@ -145,7 +145,7 @@ def test_encoder_layers_are_what_transformers_reports_as_hidden_states(tiny_wav2
     """At the CNN's own frame rate (no interpolation) the stacked layers are `hidden_states[1:]` of the
     whole model, as Hallo stacks them (the stable-layer-norm encoder's last one after its final norm)."""
     from emo_core.wav2vec import cnn_features, encode_frames
-    signal = normalise(to_mono_16k(read_wav(FIXTURES / "speech_en_16k_mono.wav")))[:16000]
+    signal = normalise(to_mono_16k(read_wav(shared_file("fixtures", "speech_en_16k_mono.wav"))))[:16000]
     cnn = cnn_features(tiny_wav2vec, signal)
     ours = encode_frames(tiny_wav2vec, cnn, cnn.shape[0])
     with torch.no_grad():
@@ -164,7 +164,7 @@ def test_concurrent_encodes_on_one_model_do_not_mix_layers(tiny_wav2vec):
     from concurrent.futures import ThreadPoolExecutor
 
     from emo_core.wav2vec import cnn_features, encode_frames
-    signal = normalise(to_mono_16k(read_wav(FIXTURES / "speech_en_16k_mono.wav")))
+    signal = normalise(to_mono_16k(read_wav(shared_file("fixtures", "speech_en_16k_mono.wav"))))
     cnn = cnn_features(tiny_wav2vec, signal)
     sizes = [cnn.shape[0] // 2 + 7 * k for k in range(8)]  # different lengths: mixed-up layers cannot stack
     alone = [encode_frames(tiny_wav2vec, cnn, n) for n in sizes]

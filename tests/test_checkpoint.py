@@ -108,7 +108,8 @@ def test_native_file_without_config_and_garbage_files(tmp_path):
 
 def test_hallo_config_clip_settings_are_honoured(parity):
     """A Hallo variant's file that states its motion-frame count / clip length gets them; a file without
-    them keeps Hallo's official 2 motion frames of 16-frame clips."""
+    them keeps Hallo's official 2 motion frames of 16-frame clips (the clip shortened to what the file's
+    temporal positions hold)."""
     import json
 
     from emo_core.checkpoint import detect_family
@@ -119,11 +120,14 @@ def test_hallo_config_clip_settings_are_honoured(parity):
     for key in ("n_motion_frames", "n_sample_frames"):
         hallo.pop(key, None)
     plain = detect_family(state, {**metadata, "hallo_config": json.dumps(hallo)}).config
-    assert (plain.motion_frames, plain.clip_length) == (hallo_preset().motion_frames, hallo_preset().clip_length)
-    n = plain.motion_frames + 1
-    said = {**hallo, "n_motion_frames": n, "data": {"n_sample_frames": plain.clip_length + 2}}
+    official = hallo_preset()
+    assert plain.motion_frames == official.motion_frames
+    assert plain.clip_length == min(official.clip_length, plain.motion.max_len - official.motion_frames)
+    n = 1 if plain.motion_frames != 1 else 2
+    clip = max(n, plain.clip_length - 1)
+    said = {**hallo, "n_motion_frames": n, "data": {"n_sample_frames": clip}}
     config = detect_family(state, {**metadata, "hallo_config": json.dumps(said)}).config
-    assert (config.motion_frames, config.clip_length) == (n, plain.clip_length + 2)
+    assert (config.motion_frames, config.clip_length) == (n, clip)
     with pytest.raises(IncompatibleCheckpointError, match="n_motion_frames must be an integer"):
         detect_family(state, {**metadata, "hallo_config": json.dumps({**hallo, "n_motion_frames": "3"})})
 
