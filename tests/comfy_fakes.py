@@ -1,6 +1,10 @@
-"""ComfyUI-format values for node tests without ComfyUI: IMAGE/AUDIO tensors from the shared fixtures and a
-VAE object with ComfyUI's encode/decode API around a tiny random diffusers AutoencoderKL."""
+"""ComfyUI-format values for node tests without ComfyUI: IMAGE/AUDIO tensors from the shared fixtures, a
+VAE object with ComfyUI's encode/decode API around a tiny random diffusers AutoencoderKL, and a stand-in for
+ComfyUI's folder_paths module."""
 from __future__ import annotations
+
+import os
+import types
 
 import numpy as np
 import torch
@@ -53,3 +57,33 @@ class TinyVAE:
     def decode(self, latent: torch.Tensor) -> torch.Tensor:
         x = self.model.decode(latent).sample
         return ((x + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1)
+
+
+def fake_folder_paths(models_dir) -> types.ModuleType:
+    """A stand-in for ComfyUI's `folder_paths` module over `models_dir`, with the parts our services use.
+
+    `get_full_path` behaves as ComfyUI's (folder_paths.py): the name is normalised against "/" (so '..' and
+    absolute names cannot leave the folder), links are followed, only files count. `calls` records lookups.
+    """
+    fp = types.ModuleType("folder_paths")
+    fp.models_dir = str(models_dir)
+    fp.folder_names_and_paths = {}
+    fp.calls = []
+
+    def get_folder_paths(name):
+        return list(fp.folder_names_and_paths[name][0])
+
+    def get_full_path(name, filename):
+        fp.calls.append((name, filename))
+        if name not in fp.folder_names_and_paths:
+            return None
+        filename = os.path.relpath(os.path.join("/", filename), "/")
+        for folder in fp.folder_names_and_paths[name][0]:
+            full = os.path.join(folder, filename)
+            if os.path.isfile(full):
+                return full
+        return None
+
+    fp.get_folder_paths, fp.get_full_path = get_folder_paths, get_full_path
+    fp.get_temp_directory = lambda: os.path.join(str(models_dir), "..", "temp")
+    return fp
