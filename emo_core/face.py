@@ -19,6 +19,7 @@ from typing import NamedTuple, Sequence
 import torch
 
 from .errors import InvalidInputError, MissingDependencyError
+from .finite import IMAGE_FIX, require_finite
 from .face_models import find_detector
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,7 @@ def to_uint8_frames(images: torch.Tensor) -> torch.Tensor:
         images = images.unsqueeze(0)
     if images.dim() != 4 or images.shape[-1] != 3 or images.shape[0] < 1:
         raise InvalidInputError(f"expected an IMAGE of shape (batch, height, width, 3), got {tuple(images.shape)}")
+    require_finite(images, "the image", IMAGE_FIX)
     return (images.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8)
 
 
