@@ -131,22 +131,26 @@ def model_path(folder: str, name: str, extensions: set[str] | None = None, allow
             if fp is None and not _inside(candidate, root):
                 raise _outside(folder, name)
             return str(candidate)
+    found = _find_file(fp, folder, rel, searched)
+    if found is None:
+        raise MissingWeightsError(f"model '{name}' not found in the '{folder}' model folder; searched "
+                                  f"{', '.join(str(p) for p in searched)}; put the file there (see the README)")
     if extensions is not None and rel.suffix.lower() not in extensions:
         raise InvalidInputError(f"model name {name!r} in the '{folder}' model folder must end in "
                                 f"{', '.join(sorted(extensions))}; choose one of the listed files")
+    return found
+
+
+def _find_file(fp, folder: str, rel: PurePosixPath, searched: list[Path]) -> str | None:
     if fp is not None:
-        found = fp.get_full_path(folder, rel.as_posix())
-        if found is not None:
-            return found
-    else:
-        for root in searched:
-            candidate = root / rel
-            if candidate.is_file() or candidate.is_symlink():
-                if not _inside(candidate, root):
-                    raise _outside(folder, name)
-                return str(candidate)
-    raise MissingWeightsError(f"model '{name}' not found in the '{folder}' model folder; searched "
-                              f"{', '.join(str(p) for p in searched)}; put the file there (see the README)")
+        return fp.get_full_path(folder, rel.as_posix())
+    for root in searched:
+        candidate = root / rel
+        if candidate.is_file() or candidate.is_symlink():
+            if not _inside(candidate, root):
+                raise _outside(folder, rel.as_posix())
+            return str(candidate)
+    return None
 
 
 def _outside(folder: str, name: str) -> InvalidInputError:

@@ -133,8 +133,9 @@ def test_other_extensions_and_missing_files(plain):
     (models / "emo" / "notes.txt").write_text("x")
     with pytest.raises(errors.InvalidInputError, match=r"must end in .*\.safetensors"):
         _load("EMO_ModelLoader", "model_name", "notes.txt")
-    with pytest.raises(errors.MissingWeightsError, match="not found in the 'emo' model folder"):
-        _load("EMO_ModelLoader", "model_name", "absent.safetensors")
+    for absent in ("absent.safetensors", "(no files in models/emo)"):  # the empty dropdown's placeholder too
+        with pytest.raises(errors.MissingWeightsError, match="not found in the 'emo' model folder"):
+            _load("EMO_ModelLoader", "model_name", absent)
     for bad in ("", "  ", "a\0b.safetensors"):
         with pytest.raises(errors.InvalidInputError, match="not a path inside"):
             _load("EMO_ModelLoader", "model_name", bad)
