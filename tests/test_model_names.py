@@ -147,4 +147,5 @@ def test_a_subfolder_name_is_fine(plain):
     shutil.copy(models / "emo" / "good.safetensors", models / "emo" / "sub" / "nested.safetensors")
     assert "sub/nested.safetensors" in N["EMO_ModelLoader"].INPUT_TYPES()["required"]["model_name"][0]
     assert _load("EMO_ModelLoader", "model_name", "sub/nested.safetensors")
-    assert services.model_path("emo", "sub\\nested.safetensors", services.MODEL_EXTENSIONS).endswith("nested.safetensors")
+    found = services.model_path("emo", "sub\\nested.safetensors", services.MODEL_EXTENSIONS)  # Windows separator
+    assert found.endswith("nested.safetensors")
