@@ -19,9 +19,9 @@ from typing import NamedTuple, Sequence
 import torch
 
 from .errors import InvalidInputError, MissingDependencyError, MissingWeightsError
-from .finite import IMAGE_FIX, require_finite
 from .face_confirm import MIN_FACE_SCORE, confirmed
 from .face_models import find_detector
+from .finite import IMAGE_FIX, require_finite
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +192,7 @@ def mask_boxes(user_mask: torch.Tensor, height: int, width: int, threshold: floa
 
 def detect_frame_boxes(frames: torch.Tensor, model_dirs: Sequence[str | os.PathLike],
                        min_score: float = MIN_FACE_SCORE) -> list[FaceBox | None]:
-    """Largest confirmed face per frame of (batch, H, W, 3) uint8, None where none; NoFaceError if none anywhere.
+    """Largest confirmed face per frame of (batch, H, W, 3) uint8, None where none; NoFaceError if none at all.
 
     The detector reports candidates down to CANDIDATE_SCORE; `face_confirm` keeps those whose score
     (>= min_score) and keypoints look like a face, so a refusal can say what the best candidate lacked.
