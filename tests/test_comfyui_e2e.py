@@ -78,7 +78,9 @@ comfy.options.enable_args_parsing()
 from comfy.taesd.taesd import TAESD
 from safetensors.torch import save_file
 torch.manual_seed(0)
-state = {k: v.contiguous() for k, v in TAESD().state_dict().items()}
+# ComfyUI's layers skip weight init (the tensors hold whatever memory held, NaN included): draw them here.
+state = {k: (torch.randn(v.shape) / v[0].numel() ** 0.5 if v.dim() > 1 else torch.zeros(v.shape)).contiguous()
+         for k, v in TAESD().state_dict().items()}
 state["vae_scale"] = torch.tensor(0.18215)  # SD 1.5's latent scale, as VAELoader sets it for taesd
 save_file(state, OUT)
 """
