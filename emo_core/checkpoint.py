@@ -6,7 +6,8 @@ Families:
   official Hallo inference configuration. Key map: identity (our module paths are Hallo's).
 - `emo`: native single .safetensors written by :func:`save_native`, configuration in metadata `emo_config`.
 
-Never unpickles code: .pth/.pt/.ckpt/.bin load with `torch.load(weights_only=True)`.
+Never unpickles code: .pth/.pt/.ckpt/.bin load with `torch.load(weights_only=True)`, and only on torch >= 2.6
+(`pickle_safety`).
 """
 from __future__ import annotations
 
@@ -21,12 +22,12 @@ import torch
 from .config import EmoNetConfig, hallo_preset
 from .errors import IncompatibleCheckpointError, MissingWeightsError
 from .hallo_config import config_from_hallo
+from .pickle_safety import PICKLE_SUFFIXES, load_pickle_tensors
 
 log = logging.getLogger(__name__)
 
 HALLO_PREFIXES = ("reference_unet.", "denoising_unet.", "face_locator.", "imageproj.", "audioproj.")
 NATIVE_FORMAT = "emo-native"
-PICKLE_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin")
 _SHOW = 8
 _FINGERPRINT_SAMPLES = 16
 
@@ -44,25 +45,15 @@ def read_state_dict(path: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]
         folder = os.path.dirname(os.path.abspath(path))
         raise MissingWeightsError(f"checkpoint file '{os.path.basename(path)}' not found in '{folder}'; "
                                   "put the model file there (see README: model files)")
-    if path.endswith(".safetensors"):
+    if path.lower().endswith(".safetensors"):
         from safetensors import SafetensorError, safe_open
         try:
             with safe_open(path, framework="pt") as f:
                 return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
         except (SafetensorError, OSError) as err:
             raise IncompatibleCheckpointError(f"'{path}' is not a readable safetensors file: {err}") from err
-    if path.endswith(PICKLE_SUFFIXES):
-        try:
-            data = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:  # torch raises UnpicklingError, RuntimeError, EOFError... for untrusted files
-            raise IncompatibleCheckpointError(
-                f"'{path}' could not be read as plain tensors (weights_only=True refuses pickled code): {err}"
-            ) from err
-        if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
-            data = data["state_dict"]
-        if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
-            raise IncompatibleCheckpointError(f"'{path}' does not hold a flat dict of tensors")
-        return data, {}
+    if path.lower().endswith(PICKLE_SUFFIXES):
+        return load_pickle_tensors(path), {}
     raise IncompatibleCheckpointError(f"'{path}': unsupported checkpoint extension; use .safetensors or .pth")
 
 
@@ -82,21 +73,46 @@ def detect_family(state: dict[str, torch.Tensor], metadata: dict[str, str]) -> C
                                       "load Hallo's net.pth or a native EMO .safetensors")
 
 
+# What other model files look like, by their key names (first match wins; order matters where layouts
+# overlap: an SD checkpoint holds a VAE, a motion module sits under down_blocks.). One wrapper prefix of
+# `_WRAPPERS` is ignored, as single-file exports and training scripts add one.
+_WRAPPERS = ("vae.", "model.", "module.", "unet.", "wav2vec2.")
+_VAE_PARTS = ("encoder.down.", "decoder.up.", "encoder.down_blocks.", "decoder.up_blocks.", "encoder.mid.attn_1.",
+              "decoder.mid_block.attentions.", "post_quant_conv.")
+_KINDS = (
+    ("a Stable Diffusion checkpoint (ldm layout); its VAE goes in models/vae, not models/emo",
+     lambda ks: _any(ks, ("model.diffusion_model.", "first_stage_model.", "cond_stage_model."), start=True)),
+    ("a VAE; put it in models/vae and load it with Load VAE",
+     lambda ks: _any(ks, _VAE_PARTS, start=True, strip=True)),
+    ("a wav2vec2 audio encoder; put it in models/audio_encoders",
+     lambda ks: _any(ks, ("feature_extractor.conv_layers.", "feature_projection.", "encoder.layers.0.attention."),
+                     strip=True)),
+    ("an AnimateDiff motion module (only part of a network)",
+     lambda ks: _any(ks, (".motion_modules.",)) and not _any(ks, ("conv_in.weight",), strip=True, start=True)),
+    ("a bare UNet without the reference_unet./denoising_unet. prefixes (SD 1.5 or an EchoMimic part?)",
+     lambda ks: _any(ks, ("conv_in.weight",), start=True, strip=True)
+     and _any(ks, ("down_blocks.", "input_blocks."), start=True, strip=True)),
+)
+
+
+def _any(keys, parts, start: bool = False, strip: bool = False) -> bool:
+    """Whether some key holds (or, with `start`, begins with) one of `parts`; with `strip` a key is also
+    looked at without a wrapper prefix ("vae.encoder..." -> "encoder...")."""
+    for key in keys:
+        forms = (key, *(key[len(w):] for w in _WRAPPERS if key.startswith(w))) if strip else (key,)
+        for form in forms:
+            if any(form.startswith(p) if start else p in form for p in parts):
+                return True
+    return False
+
+
 def _describe(state: dict[str, torch.Tensor]) -> str:
     keys = list(state)
-    has = lambda s: any(s in k for k in keys)  # noqa: E731
     if not keys:
         return "the file holds no tensors"
-    if has("model.diffusion_model."):
-        return "it looks like a Stable Diffusion checkpoint (ldm layout)"
-    if has("encoder.down.") or has("decoder.up."):
-        return "it looks like a VAE"
-    if has("feature_extractor.conv_layers") or has("encoder.layers.0.attention"):
-        return "it looks like a wav2vec2 audio encoder"
-    if has("motion_modules.") and "conv_in.weight" not in state:
-        return "it looks like an AnimateDiff motion module"
-    if "conv_in.weight" in state and has("down_blocks."):
-        return "it is a bare UNet without the reference_unet./denoising_unet. prefixes (SD 1.5 or EchoMimic part?)"
+    for kind, matches in _KINDS:
+        if matches(keys):
+            return f"it looks like {kind}"
     return f"unrecognised keys such as {keys[:3]}"
 
 

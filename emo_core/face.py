@@ -18,12 +18,15 @@ from typing import NamedTuple, Sequence
 
 import torch
 
-from .errors import InvalidInputError, MissingDependencyError
+from .errors import InvalidInputError, MissingDependencyError, MissingWeightsError
+from .face_confirm import MIN_FACE_SCORE, confirmed
 from .face_models import find_detector
+from .finite import IMAGE_FIX, require_finite
 
 log = logging.getLogger(__name__)
 
 MEDIAPIPE_HINT = "pip install 'mediapipe>=0.10.35'"
+CANDIDATE_SCORE = 0.2  # detections below this are noise; between it and MIN_FACE_SCORE they explain a refusal
 
 
 class NoFaceError(InvalidInputError):
@@ -41,6 +44,16 @@ class FaceBox(NamedTuple):
     @property
     def area(self) -> float:
         return max(0.0, self.x1 - self.x0) * max(0.0, self.y1 - self.y0)
+
+
+class FaceDetection(FaceBox):
+    """A FaceBox from the detector, with `keypoints`: MediaPipe's six (x, y) pixels (right eye, left eye, nose
+    tip, mouth centre, right ear, left ear) that `face_confirm` checks before the box is used."""
+
+    def __new__(cls, x0, y0, x1, y1, score, keypoints: Sequence[tuple[float, float]] = ()):
+        self = super().__new__(cls, x0, y0, x1, y1, score)
+        self.keypoints = tuple(keypoints)
+        return self
 
 
 @dataclass(frozen=True)
@@ -76,6 +89,7 @@ def to_uint8_frames(images: torch.Tensor) -> torch.Tensor:
         images = images.unsqueeze(0)
     if images.dim() != 4 or images.shape[-1] != 3 or images.shape[0] < 1:
         raise InvalidInputError(f"expected an IMAGE of shape (batch, height, width, 3), got {tuple(images.shape)}")
+    require_finite(images, "the image", IMAGE_FIX)
     return (images.detach().float().cpu().clamp(0, 1) * 255).round().to(torch.uint8)
 
 
@@ -111,15 +125,17 @@ def detect_face_boxes_batch(frames: torch.Tensor, model_dirs: Sequence[str | os.
         for frame in frames:
             data = frame.contiguous().numpy()
             result = detector.detect(mp.Image(image_format=mp.ImageFormat.SRGB, data=data))
-            out.append(sorted((_to_box(d) for d in result.detections), key=lambda b: -b.score))
+            height, width = data.shape[:2]
+            out.append(sorted((_to_box(d, width, height) for d in result.detections), key=lambda b: -b.score))
     return out
 
 
-def _to_box(detection) -> FaceBox:
+def _to_box(detection, width: int, height: int) -> FaceDetection:
     bb = detection.bounding_box
     score = detection.categories[0].score if detection.categories else 0.0
-    return FaceBox(float(bb.origin_x), float(bb.origin_y), float(bb.origin_x + bb.width),
-                   float(bb.origin_y + bb.height), float(score or 0.0))
+    points = [(float(k.x) * width, float(k.y) * height) for k in (detection.keypoints or [])]
+    return FaceDetection(float(bb.origin_x), float(bb.origin_y), float(bb.origin_x + bb.width),
+                         float(bb.origin_y + bb.height), float(score or 0.0), points)
 
 
 def union_box(boxes: Sequence[FaceBox]) -> FaceBox:
@@ -175,25 +191,67 @@ def mask_boxes(user_mask: torch.Tensor, height: int, width: int, threshold: floa
 
 
 def detect_frame_boxes(frames: torch.Tensor, model_dirs: Sequence[str | os.PathLike],
-                       min_score: float = 0.5) -> list[FaceBox | None]:
-    """Largest face per frame of (batch, H, W, 3) uint8, None where none; NoFaceError if none anywhere."""
-    found = detect_face_boxes_batch(frames, model_dirs, min_score)
-    boxes = [largest(faces) if faces else None for faces in found]
+                       min_score: float = MIN_FACE_SCORE) -> list[FaceBox | None]:
+    """Largest confirmed face per frame of (batch, H, W, 3) uint8, None where none; NoFaceError if none at all.
+
+    The detector reports candidates down to CANDIDATE_SCORE; `face_confirm` keeps those whose score
+    (>= min_score) and keypoints look like a face, so a refusal can say what the best candidate lacked.
+    """
+    height, width = frames.shape[1:3]
+    candidates, reasons = [], []
+    for faces in detect_face_boxes_batch(frames, model_dirs, min(min_score, CANDIDATE_SCORE)):
+        good, why = confirmed(faces, width, height, min_score)
+        candidates.append(good)
+        if why is not None and not good:
+            reasons.append(why)
+    candidates = _confirm_by_landmarks(frames, candidates, model_dirs, reasons)
+    boxes = [largest(good) if good else None for good in candidates]
     missed = sum(b is None for b in boxes)
     if missed == len(boxes):
-        height, width = frames.shape[1:3]
         where = "the image" if len(boxes) == 1 else f"any of the {len(boxes)} frames"
-        raise NoFaceError(f"no face found in {where} ({width}x{height}); draw a face mask and connect it to "
-                          f"'face_mask' instead")
+        detail = f" ({reasons[0]})" if reasons else ""
+        raise NoFaceError(f"no face found in {where} ({width}x{height}){detail}; draw a face mask and connect "
+                          f"it to 'face_mask' instead")
     if missed:
         log.warning("no face found in %d of %d frames; the face box is the union over the others",
                     missed, len(boxes))
     return boxes
 
 
+def _confirm_by_landmarks(frames: torch.Tensor, candidates: list[list[FaceBox]],
+                          model_dirs: Sequence[str | os.PathLike], reasons: list[str]) -> list[list[FaceBox]]:
+    """Keep the candidates on which MediaPipe's face landmarker also finds a face (the 468-point mesh has its
+    own face-presence check, which refuses animals and patterns the box detector takes for faces)."""
+    from .face_hallo import landmark_faces
+
+    todo = [i for i, good in enumerate(candidates) if good]
+    if not todo:
+        return candidates
+    try:
+        found = landmark_faces(frames[todo], model_dirs)
+    except MissingWeightsError as err:
+        log.warning("faces are confirmed by the detector's score and keypoints only: %s", err)
+        return candidates
+    out = list(candidates)
+    for i, faces in zip(todo, found):
+        out[i] = [b for b in candidates[i] if any(_same_face(b, lm) for lm in faces)]
+        if not out[i]:
+            reasons.append("the face landmarker finds no face where the detector boxed one")
+    return out
+
+
+def _same_face(box: FaceBox, landmarks) -> bool:
+    """Whether a landmark set and a detector box are one face: each one's centre lies inside the other."""
+    lx0, ly0 = (float(v) for v in landmarks[:, :2].min(0))
+    lx1, ly1 = (float(v) for v in landmarks[:, :2].max(0))
+    bx, by = (box.x0 + box.x1) / 2, (box.y0 + box.y1) / 2
+    lx, ly = (lx0 + lx1) / 2, (ly0 + ly1) / 2
+    return lx0 <= bx <= lx1 and ly0 <= by <= ly1 and box.x0 <= lx <= box.x1 and box.y0 <= ly <= box.y1
+
+
 def face_region(images: torch.Tensor, expand_ratio: float = 1.2, user_mask: torch.Tensor | None = None,
                 channels: int = 1, model_dirs: Sequence[str | os.PathLike] = (),
-                min_score: float = 0.5) -> FaceRegion:
+                min_score: float = MIN_FACE_SCORE) -> FaceRegion:
     """Face region of a reference image or clip, rendered for the face locator.
 
     images: IMAGE (frames, H, W, 3) float 0..1; every frame is searched. user_mask: optional MASK (H, W)

@@ -181,6 +181,12 @@ def detect_landmarks(frames: torch.Tensor, model_dirs: Sequence[str | os.PathLik
 
     With `depth`, (N, 3) with z scaled by the width as MediaPipe defines it (for head poses).
     """
+    return [_largest_face(faces) for faces in landmark_faces(frames, model_dirs, max_faces, depth)]
+
+
+def landmark_faces(frames: torch.Tensor, model_dirs: Sequence[str | os.PathLike], max_faces: int = 4,
+                   depth: bool = False) -> list[list[np.ndarray]]:
+    """Per frame of (batch, H, W, 3) uint8 RGB: every face's (N, 2) (or, with `depth`, (N, 3)) landmark pixels."""
     mp = import_mediapipe()
     from mediapipe.tasks.python import BaseOptions, vision
 
@@ -188,13 +194,12 @@ def detect_landmarks(frames: torch.Tensor, model_dirs: Sequence[str | os.PathLik
     options = vision.FaceLandmarkerOptions(base_options=BaseOptions(model_asset_path=str(path)),
                                            num_faces=max_faces)
     height, width = frames.shape[1:3]
-    out: list[np.ndarray | None] = []
+    out: list[list[np.ndarray]] = []
     with vision.FaceLandmarker.create_from_options(options) as landmarker:
         for frame in frames:
             result = landmarker.detect(mp.Image(image_format=mp.ImageFormat.SRGB, data=frame.contiguous().numpy()))
-            faces = [np.array([[p.x * width, p.y * height] + ([p.z * width] if depth else []) for p in face])
-                     for face in result.face_landmarks]
-            out.append(_largest_face(faces))
+            out.append([np.array([[p.x * width, p.y * height] + ([p.z * width] if depth else []) for p in face])
+                        for face in result.face_landmarks])
     return out
 
 
@@ -268,7 +273,8 @@ def hallo_masks(images: torch.Tensor, levels: int = 4, face_expand_ratio: float 
     found = [p for p in detect_landmarks(frames, model_dirs) if p is not None]
     if not found:
         raise NoFaceError(f"no face landmarks found in the image ({width}x{height}) for Hallo's face/lip "
-                          f"masks; use a clearer frontal face photo")
+                          f"masks; draw a face mask and connect it to 'face_mask' instead (or use a clearer "
+                          f"frontal face photo)")
     if len(found) < count:
         log.warning("no face landmarks in %d of %d frames; masks use the others", count - len(found), count)
     face_box = union_boxes([landmark_box(p, SILHOUETTE_IDS, width, height, face_expand_ratio) for p in found])

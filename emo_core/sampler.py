@@ -13,6 +13,7 @@ from typing import Callable
 import torch
 
 from .errors import InvalidInputError
+from .finite import LATENT_FIX, require_finite
 from .models.conditions import ReferenceFeatures
 from .network import ClipConditions, EmoNet
 from .plan import ClipPlan, clip_seed, plan_clips
@@ -25,7 +26,8 @@ SD15_LATENT_SCALE = 0.18215
 
 @dataclass(frozen=True)
 class SamplerSettings:
-    """steps: denoising steps per clip. guidance_scale: None = the family's default. seed: clip k's noise
+    """steps: denoising steps per clip. guidance_scale: None = the family's default; <= 1 disables
+    classifier-free guidance (the conditional prediction alone, one forward per step). seed: clip k's noise
     depends only on (seed, k). sampler: a name in scheduling.SAMPLERS. motion_scale: Hallo's
     (pose, face, lip) audio weights. clip_length: None = the family's f."""
     steps: int = 40
@@ -167,6 +169,7 @@ def _check_inputs(run: _Run) -> None:
         raise InvalidInputError(f"reference latent must be (4, h, w), got {tuple(v.reference.shape)}")
     if v.audio.shape[0] < 1:
         raise InvalidInputError("the audio features are empty")
+    _check_finite(v)
     if cfg.audio_attention.form == "hierarchical" and v.masks is None:
         raise InvalidInputError("this checkpoint family needs Hallo's full/face/lip masks (face_hallo.hallo_masks)")
     n = cfg.motion_frames
@@ -184,6 +187,14 @@ def _check_lengths(v: VideoConditions) -> None:
         if x is not None and x.shape[0] < v.num_frames:
             raise InvalidInputError(f"the {name} cover {x.shape[0]} frames but the video has {v.num_frames}; "
                                     "compute them for the whole audio (or set num_frames to their length)")
+
+
+def _check_finite(v: VideoConditions) -> None:
+    for name in ("reference", "first_motion", "audio", "face_mask", "identity", "speed"):
+        value = getattr(v, name)
+        if value is not None:
+            require_finite(value, f"the {name.replace('_', ' ')} input of the sampler",
+                           LATENT_FIX if name in ("reference", "first_motion") else "recompute it from its source")
 
 
 def _motion_latents(run: _Run, plan: ClipPlan, reference: torch.Tensor, out: torch.Tensor) -> torch.Tensor | None:

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import IncompatibleCheckpointError, InvalidInputError, MissingWeightsError
+from .pickle_safety import check_pickle_allowed
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ def load_wav2vec(path: str, dtype: torch.dtype = torch.float32, device: str | to
         if not os.path.isfile(os.path.join(path, "config.json")):
             raise MissingWeightsError(f"no config.json in wav2vec2 folder '{path}'; put the Hugging Face folder "
                                       f"of {DEFAULT_MODEL} there")
-        model = Wav2Vec2Model.from_pretrained(path, local_files_only=True)
+        model = Wav2Vec2Model.from_pretrained(path, local_files_only=True, use_safetensors=_folder_safetensors(path))
     elif os.path.isfile(path):
         model = _from_single_file(path)
     else:
@@ -40,6 +41,15 @@ def load_wav2vec(path: str, dtype: torch.dtype = torch.float32, device: str | to
     log.info("loaded wav2vec2 from %s (%d layers, width %d)", path, model.config.num_hidden_layers,
              model.config.hidden_size)
     return model
+
+
+def _folder_safetensors(path: str) -> bool:
+    """True when the Hugging Face folder has safetensors weights; else its pytorch_model.bin is a pickle,
+    read only where torch can do that safely (`pickle_safety`)."""
+    if any(name.endswith(".safetensors") for name in os.listdir(path)):
+        return True
+    check_pickle_allowed(os.path.join(path, "pytorch_model.bin"))
+    return False
 
 
 def _from_single_file(path: str):

@@ -11,11 +11,11 @@ import importlib
 import logging
 import os
 import tempfile
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 
 import torch
 
-from ..emo_core.errors import MissingWeightsError
+from ..emo_core.errors import InvalidInputError, MissingWeightsError
 
 log = logging.getLogger(__name__)
 
@@ -74,13 +74,19 @@ def folder_paths_for(folder: str) -> list[Path]:
 
 
 def list_models(folder: str, extensions: set[str] = MODEL_EXTENSIONS, with_dirs: bool = False) -> list[str]:
-    """Model files (and, with `with_dirs`, Hugging Face model folders) under a model folder, sorted."""
+    """Model files (and, with `with_dirs`, Hugging Face model folders) under a model folder, sorted.
+
+    Outside ComfyUI, entries that resolve outside their folder (links) are left out: `model_path` refuses them.
+    """
     names: set[str] = set()
+    strict = _comfy("folder_paths") is None
     for root in folder_paths_for(folder):
         if not root.is_dir():
             continue
         for path in root.rglob("*"):
             rel = path.relative_to(root).as_posix()
+            if strict and not _inside(path, root):
+                continue
             if path.is_file() and path.suffix.lower() in extensions:
                 names.add(rel)
             elif with_dirs and path.is_dir() and (path / "config.json").is_file():
@@ -88,15 +94,69 @@ def list_models(folder: str, extensions: set[str] = MODEL_EXTENSIONS, with_dirs:
     return sorted(names)
 
 
-def model_path(folder: str, name: str) -> str:
-    """Full path of `name` in a model folder, or MissingWeightsError naming every folder searched."""
+def check_model_name(folder: str, name: str) -> None:
+    """Refuse a name that could leave the model folder: absolute (any OS), with '..', empty or with NUL.
+
+    Decided on the name alone, before any file is looked at, so the answer tells nothing about which
+    files exist elsewhere.
+    """
+    text = name if isinstance(name, str) else ""
+    parts = text.replace("\\", "/").split("/")
+    if (not text.strip() or "\0" in text or PurePosixPath(text).is_absolute() or PureWindowsPath(text).drive
+            or PureWindowsPath(text).root or ".." in parts):
+        raise InvalidInputError(f"model name {name!r} is not a path inside the '{folder}' model folder (absolute "
+                                "paths and '..' are refused); choose one of the listed files")
+
+
+def _inside(path: Path, root: Path) -> bool:
+    """Whether `path`, links resolved, lies in `root` (links resolved too)."""
+    return path.resolve().is_relative_to(root.resolve())
+
+
+def model_path(folder: str, name: str, extensions: set[str] | None = None, allow_dir: bool = False) -> str:
+    """Full path of `name` in a model folder, or MissingWeightsError naming every folder searched.
+
+    The name must stay inside the folder (`check_model_name`) and, when `extensions` is given, end in one of
+    them (or, with `allow_dir`, name a folder holding config.json). In ComfyUI files are resolved by
+    folder_paths.get_full_path (its policy: links placed in a model folder are followed, like every core
+    loader); outside ComfyUI the path with links resolved must lie inside a registered folder.
+    """
+    check_model_name(folder, name)
+    fp = _comfy("folder_paths")
     searched = folder_paths_for(folder)
+    rel = PurePosixPath(name.replace("\\", "/"))
     for root in searched:
-        candidate = root / name
-        if candidate.exists():
+        candidate = root / rel
+        if allow_dir and candidate.is_dir() and (candidate / "config.json").is_file():
+            if fp is None and not _inside(candidate, root):
+                raise _outside(folder, name)
             return str(candidate)
-    raise MissingWeightsError(f"model '{name}' not found in the '{folder}' model folder; searched "
-                              f"{', '.join(str(p) for p in searched)}; put the file there (see the README)")
+    found = _find_file(fp, folder, rel, searched)
+    if found is None:
+        raise MissingWeightsError(f"model '{name}' not found in the '{folder}' model folder; searched "
+                                  f"{', '.join(str(p) for p in searched)}; put the file there (see the README)")
+    if extensions is not None and rel.suffix.lower() not in extensions:
+        raise InvalidInputError(f"model name {name!r} in the '{folder}' model folder must end in "
+                                f"{', '.join(sorted(extensions))}; choose one of the listed files")
+    return found
+
+
+def _find_file(fp, folder: str, rel: PurePosixPath, searched: list[Path]) -> str | None:
+    if fp is not None:
+        return fp.get_full_path(folder, rel.as_posix())
+    for root in searched:
+        candidate = root / rel
+        if candidate.is_file() or candidate.is_symlink():
+            if not _inside(candidate, root):
+                raise _outside(folder, rel.as_posix())
+            return str(candidate)
+    return None
+
+
+def _outside(folder: str, name: str) -> InvalidInputError:
+    return InvalidInputError(f"model '{name}' in the '{folder}' model folder is a link that leads outside the "
+                             "registered model folders, which is refused outside ComfyUI; copy or move the "
+                             "file itself into the folder")
 
 
 def search_dirs(*folders: str) -> list[Path]:

@@ -38,7 +38,7 @@ class EmoModelLoader:
     def load(self, model_name, precision):
         from ..emo_core.checkpoint import load_network
 
-        path = services.model_path(services.EMO_FOLDER, model_name)
+        path = services.model_path(services.EMO_FOLDER, model_name, services.MODEL_EXTENSIONS)
         device = services.torch_device()
         dtype = services.choose_dtype(precision, device)
         net = load_network(path, dtype=dtype, device=services.offload_device())
@@ -63,7 +63,7 @@ class EmoAudioEncoderLoader:
     def load(self, encoder_name):
         from ..emo_core.wav2vec import load_wav2vec
 
-        path = services.model_path(services.AUDIO_FOLDER, encoder_name)
+        path = services.model_path(services.AUDIO_FOLDER, encoder_name, {".safetensors"}, allow_dir=True)
         # fp32 always: the encoder is small and Hallo's features are computed in fp32.
         model = load_wav2vec(path, device=services.offload_device())
         device = services.torch_device()
@@ -88,6 +88,6 @@ class EmoFaceEmbedderLoader:
     def load(self, model_name):
         from ..emo_core.identity import FaceEmbedder
 
-        path = services.model_path("insightface", model_name)
+        path = services.model_path("insightface", model_name, services.ONNX_EXTENSIONS)
         dirs = mediapipe_dirs()
         return (FaceEmbedderHandle(FaceEmbedder(path), dirs),)

@@ -6,6 +6,7 @@ import logging
 import torch
 
 from ..emo_core.errors import IncompatibleCheckpointError, InvalidInputError
+from ..emo_core.finite import IMAGE_FIX, LATENT_FIX, require_finite
 from ..emo_core.sampler import SD15_LATENT_SCALE
 from . import comfy_services as services
 from .handles import Reference
@@ -18,6 +19,7 @@ def check_image(image: torch.Tensor, what: str) -> torch.Tensor:
     if not isinstance(image, torch.Tensor) or image.dim() != 4 or image.shape[-1] < 3:
         raise InvalidInputError(f"{what} must be a ComfyUI IMAGE [batch, height, width, 3], got "
                                 f"{getattr(image, 'shape', type(image))}")
+    require_finite(image, what, IMAGE_FIX)
     h, w = image.shape[1:3]
     if h % 8 or w % 8 or h < 64 or w < 64:
         raise InvalidInputError(f"{what} is {w}x{h}; width and height must be multiples of 8 and at least 64 "
@@ -47,7 +49,8 @@ class EmoReferenceEncode:
 
     def encode(self, emo_model, vae, image, face_embedder=None):
         image = check_image(image, "the reference image")
-        latent = vae.encode(image)[:1].float().cpu()
+        latent = require_finite(vae.encode(image)[:1].float().cpu(), "the VAE's latent of the reference image",
+                                LATENT_FIX)
         identity = None
         if face_embedder is not None and emo_model.net.imageproj is not None:
             identity = face_embedder.embedder.embed(image, landmark_dirs=face_embedder.landmark_dirs)[0]

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from ..emo_core.errors import InvalidInputError
+from ..emo_core.finite import require_finite
 from ..emo_core.sampler import SamplerSettings, VaeCodec, VideoConditions, generate
 from ..emo_core.scheduling import SAMPLERS
 from ..emo_core.speed import speed_features
@@ -96,4 +97,6 @@ class EmoSampler:
         latents = generate(net, video, settings, codec=_vae_codec(vae),
                            on_step=services.ProgressReporter(clips * steps), check_cancel=services.check_interrupt,
                            before_clip=lambda: services.load_on_device(net, emo_model.patcher, emo_model.device))
+        require_finite(latents, "the sampled video", "the network overflowed at this precision: load the EMO "
+                                                     "model with precision fp32 or bf16")
         return ({"samples": latents},)

@@ -1,8 +1,9 @@
-"""ComfyUI-format values for node tests without ComfyUI: IMAGE/AUDIO tensors from the shared fixtures and a
-VAE object with ComfyUI's encode/decode API around a tiny random diffusers AutoencoderKL, and stand-ins for
-ComfyUI's model management on a device with room for one model."""
+"""ComfyUI-format values for node tests without ComfyUI: IMAGE/AUDIO tensors from the shared fixtures, a
+VAE object with ComfyUI's encode/decode API around a tiny random diffusers AutoencoderKL, stand-ins for
+ComfyUI's model management on a device with room for one model, and a stand-in for ComfyUI's folder_paths."""
 from __future__ import annotations
 
+import os
 import sys
 import types
 
@@ -129,3 +130,33 @@ class ManagedVAE(TinyVAE):
     def decode(self, latent: torch.Tensor) -> torch.Tensor:
         self.comfy.model_management.load_models_gpu([self.patcher])
         return super().decode(latent)
+
+
+def fake_folder_paths(models_dir) -> types.ModuleType:
+    """A stand-in for ComfyUI's `folder_paths` module over `models_dir`, with the parts our services use.
+
+    `get_full_path` behaves as ComfyUI's (folder_paths.py): the name is normalised against "/" (so '..' and
+    absolute names cannot leave the folder), links are followed, only files count. `calls` records lookups.
+    """
+    fp = types.ModuleType("folder_paths")
+    fp.models_dir = str(models_dir)
+    fp.folder_names_and_paths = {}
+    fp.calls = []
+
+    def get_folder_paths(name):
+        return list(fp.folder_names_and_paths[name][0])
+
+    def get_full_path(name, filename):
+        fp.calls.append((name, filename))
+        if name not in fp.folder_names_and_paths:
+            return None
+        filename = os.path.relpath(os.path.join("/", filename), "/")
+        for folder in fp.folder_names_and_paths[name][0]:
+            full = os.path.join(folder, filename)
+            if os.path.isfile(full):
+                return full
+        return None
+
+    fp.get_folder_paths, fp.get_full_path = get_folder_paths, get_full_path
+    fp.get_temp_directory = lambda: os.path.join(str(models_dir), "..", "temp")
+    return fp

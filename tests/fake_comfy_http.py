@@ -16,11 +16,15 @@ def handler_class(fake):
         def log_message(self, *args) -> None:
             pass
 
-        def _reply(self, status: int, body=None, content_type: str = "application/json", headers=None) -> None:
+        def _reply(self, status: int, body=None, content_type: str = "application/json", headers=None,
+                   length: bool = True) -> None:
             raw = b"" if body is None else body if isinstance(body, bytes) else json.dumps(body).encode()
             self.send_response(status)
             self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(raw)))
+            if length:
+                self.send_header("Content-Length", str(len(raw)))
+            else:  # the body ends when the connection closes
+                self.close_connection = True
             for k, v in (headers or {}).items():
                 self.send_header(k, v)
             self.end_headers()
@@ -44,7 +48,8 @@ def handler_class(fake):
                 if query.get("type", "output") != "output" or data is None:
                     return self._reply(404, b"", "text/plain")
                 ctype = mimetypes.guess_type(query["filename"])[0] or "application/octet-stream"
-                return self._reply(200, data, ctype, {"Content-Disposition": f'filename="{query["filename"]}"'})
+                return self._reply(200, data, ctype, {"Content-Disposition": f'filename="{query["filename"]}"'},
+                                   length=fake.announce_length)
             return self._reply(404, b"", "text/plain")
 
         def do_POST(self) -> None:

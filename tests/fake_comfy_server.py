@@ -64,10 +64,13 @@ class FakeComfy:
     """Start with `start()` (or as a context manager); `url` is http://127.0.0.1:<port>."""
 
     def __init__(self, *, clips: int = 2, step_delay: float = 0.0, emo_progress: bool = True,
-                 die_on_prompt: int | None = None, history_delay: float = 0.03, lose_prompts: bool = False):
+                 die_on_prompt: int | None = None, history_delay: float = 0.03, lose_prompts: bool = False,
+                 output_ext: str = ".mp4", output_padding: int = 0, announce_length: bool = True):
         self.clips, self.step_delay, self.emo_progress = clips, step_delay, emo_progress
         self.die_on_prompt, self.history_delay = die_on_prompt, history_delay
         self.lose_prompts = lose_prompts  # drop queued prompts silently, like a server restarted in between
+        # A hostile server: names its output file itself, sends more bytes, may not announce the length.
+        self.output_ext, self.output_padding, self.announce_length = output_ext, output_padding, announce_length
         self.inputs: dict[str, bytes] = {}  # "subfolder/name" (or "name") -> bytes: the input folder
         self.outputs: dict[tuple[str, str], bytes] = {}  # (subfolder, filename) -> bytes
         self.prompts: list[dict] = []
@@ -402,6 +405,6 @@ class FakeComfy:
             "speed": loaded.get("EMO_SpeedConstant", {}).get("speed"), "prompt_id": prompt_id}).encode()
         with self._lock:
             counter = 1 + sum(1 for s, f in self.outputs if s == subfolder and f.startswith(base + "_"))
-            filename = f"{base}_{counter:05}_.mp4"
-            self.outputs[(subfolder, filename)] = content
+            filename = f"{base}_{counter:05}_{self.output_ext}"
+            self.outputs[(subfolder, filename)] = content + b"\0" * self.output_padding
         return {"images": [{"filename": filename, "subfolder": subfolder, "type": "output"}], "animated": [True]}

@@ -78,7 +78,9 @@ comfy.options.enable_args_parsing()
 from comfy.taesd.taesd import TAESD
 from safetensors.torch import save_file
 torch.manual_seed(0)
-state = {k: v.contiguous() for k, v in TAESD().state_dict().items()}
+# ComfyUI's layers skip weight init (the tensors hold whatever memory held, NaN included): draw them here.
+state = {k: (torch.randn(v.shape) / v[0].numel() ** 0.5 if v.dim() > 1 else torch.zeros(v.shape)).contiguous()
+         for k, v in TAESD().state_dict().items()}
 state["vae_scale"] = torch.tensor(0.18215)  # SD 1.5's latent scale, as VAELoader sets it for taesd
 save_file(state, OUT)
 """
@@ -477,3 +479,29 @@ def test_progress_and_previews_reach_the_websocket(comfy, media):
     assert [(d["clip"], d["step"]) for d in emo] == [(c, s) for c in range(1, clips + 1) for s in (1, 2, 3)]
     assert all(d["node"] == sampler and d["prompt_id"] == answer["prompt_id"] for d in emo)
     assert previews >= clips * 3, "one latent preview per step (--preview-method latent2rgb)"
+
+
+@pytest.mark.parametrize("model", ["hallo_tiny.safetensors", "emo_tiny.safetensors"])
+def test_a_portrait_without_a_human_face_fails_naming_face_mask(comfy, media, model):
+    """Through the real server, for a Hallo and a native EMO checkpoint: EMO Face Locator refuses a photo
+    without a human face (EMO_CAT_PHOTO: a cat photo of your own; default the no-face fixture) at 512 px,
+    and the error names its 'face_mask' input as the way out."""
+    photo = Path(os.environ.get("EMO_CAT_PHOTO") or FIXTURES / "noface_coffee_512.png")
+    prompt = tiny_prompt("emo_portrait_audio", comfy, image=comfy.upload(photo), audio=media["other"])
+    for node in prompt.values():
+        if node["class_type"] == "ImageScale":
+            node["inputs"].update(width=512, height=512)
+        if node["class_type"] == "EMO_ModelLoader":
+            node["inputs"]["model_name"] = model
+    status, answer = comfy.post("/prompt", {"prompt": prompt, "client_id": "emo-e2e"})
+    assert status == 200, answer
+    deadline = time.monotonic() + PROMPT_TIMEOUT
+    while time.monotonic() < deadline:
+        entry = comfy.get(f"/history/{answer['prompt_id']}").get(answer["prompt_id"])
+        if entry and entry["status"].get("status_str") in ("error", "success"):
+            break
+        time.sleep(0.5)
+    errors = [d for kind, d in (entry or {}).get("status", {}).get("messages", []) if kind == "execution_error"]
+    assert errors, f"the prompt did not fail: {entry}"
+    print(f"\n{model}: {errors[0]['node_type']}: {errors[0]['exception_message']}")
+    assert errors[0]["node_type"] == "EMO_FaceLocator" and "'face_mask'" in errors[0]["exception_message"]

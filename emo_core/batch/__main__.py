@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TextIO
 
 from ..errors import EmoError
-from .client import ComfyServer, require_websockets
+from .client import DEFAULT_JOB_TIMEOUT, DEFAULT_MAX_DOWNLOAD, ComfyServer, require_websockets
 from .jobs import load_jobs, pair_folders
 from .manifest import MANIFEST_NAME, Manifest, plan_jobs
 from .progress import BatchDisplay, DisplayHandler
@@ -48,6 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--manifest", type=Path, metavar="FILE", help=f"job state file (default <out>/{MANIFEST_NAME})")
     p.add_argument("--attempts", type=int, default=3, help="tries per job when servers go away (default 3)")
     p.add_argument("--timeout", type=float, default=30.0, help="seconds to wait for an HTTP answer (default 30)")
+    p.add_argument("--job-timeout", type=float, default=DEFAULT_JOB_TIMEOUT / 3600, metavar="HOURS",
+                   help="a job still running after this many hours is cancelled and fails (default "
+                        f"{DEFAULT_JOB_TIMEOUT / 3600:g})")
+    p.add_argument("--max-download-mb", type=float, default=DEFAULT_MAX_DOWNLOAD / 2**20, metavar="MB",
+                   help=f"largest video accepted from a server (default {DEFAULT_MAX_DOWNLOAD / 2**20:g} MiB)")
     p.add_argument("--poll", type=float, default=5.0,
                    help="seconds without websocket news before the queue is checked (default 5)")
     p.add_argument("--upload-subfolder", default="emo_batch", help="subfolder of ComfyUI's input folder for uploads")
@@ -64,6 +69,8 @@ def main(argv: list[str] | None = None, *, stream: TextIO | None = None) -> int:
         parser.error("--portraits and --audio go together")
     if args.attempts < 1:
         parser.error("--attempts must be at least 1")
+    if not args.job_timeout > 0 or not args.max_download_mb > 0:
+        parser.error("--job-timeout and --max-download-mb must be > 0")
     stream = stream if stream is not None else sys.stderr
     # The command owns its process, so it installs its own handler (library code never does).
     handler = DisplayHandler(BatchDisplay([], stream=stream, tty=False))
@@ -89,7 +96,8 @@ def _run(args, stream: TextIO, handler: DisplayHandler) -> int:
         used = {f for job in jobs for f in job.overrides()}
         binding.require(REQUIRED + tuple(sorted(used)))
         urls = args.server or [DEFAULT_SERVER]
-        servers = [ComfyServer(u, timeout=args.timeout, poll_interval=args.poll) for u in urls]
+        servers = [ComfyServer(u, timeout=args.timeout, poll_interval=args.poll, job_timeout=args.job_timeout * 3600,
+                               max_download=int(args.max_download_mb * 2**20)) for u in urls]
         manifest = Manifest.load(args.manifest or args.out / MANIFEST_NAME)
     except (EmoError, ValueError) as err:
         log.error("%s", err)

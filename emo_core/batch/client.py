@@ -28,6 +28,8 @@ from .outcome import rejection_message
 log = logging.getLogger(__name__)
 
 UNAVAILABLE_STATUS = frozenset({502, 503, 504})
+DEFAULT_MAX_DOWNLOAD = 4 << 30  # bytes; a 512 px H.264 clip of an hour is well under 1 GiB
+DEFAULT_JOB_TIMEOUT = 6 * 3600.0  # seconds from queueing to the end of a prompt
 FINISH_EVENTS = frozenset({"execution_success", "execution_error", "execution_interrupted"})
 
 
@@ -55,13 +57,15 @@ class ComfyServer:
     """HTTP + websocket client of one ComfyUI server, used by one thread at a time."""
 
     def __init__(self, url: str, *, timeout: float = 30.0, upload_timeout: float = 300.0,
-                 poll_interval: float = 5.0, history_timeout: float = 30.0):
+                 poll_interval: float = 5.0, history_timeout: float = 30.0,
+                 job_timeout: float = DEFAULT_JOB_TIMEOUT, max_download: int = DEFAULT_MAX_DOWNLOAD):
         self.url = normalize_url(url)
         scheme, rest = self.url.split("://", 1)
         self.ws_url = f"{'wss' if scheme == 'https' else 'ws'}://{rest}/ws"
         self.client_id = uuid.uuid4().hex
         self.timeout, self.upload_timeout = timeout, upload_timeout
         self.poll_interval, self.history_timeout = poll_interval, history_timeout
+        self.job_timeout, self.max_download = job_timeout, max_download
         self.uploaded: dict[str, str] = {}  # content sha256 -> name in the server's input folder
         self.current_prompt: str | None = None
         self._ws = None
@@ -153,7 +157,10 @@ class ComfyServer:
         return (answer or {}).get(prompt_id)
 
     def download(self, ref: dict, dest: Path) -> None:
-        """GET /view of a saved file into `dest`, through `dest.partial` so no half file remains."""
+        """GET /view of a saved file into `dest`, through `dest.partial` so no half file remains.
+
+        The server is untrusted: more than `max_download` bytes (announced or received) stops the download.
+        """
         query = {"filename": ref["filename"], "subfolder": ref.get("subfolder", ""), "type": ref.get("type", "output")}
         partial = dest.with_name(dest.name + ".partial")
         try:
@@ -161,9 +168,14 @@ class ComfyServer:
         except urllib.error.HTTPError as err:
             raise BatchError(f"{self.url} answered HTTP {err.code} to GET /view of {ref['filename']}") from err
         try:
-            with resp, open(partial, "wb") as f:
-                while chunk := self._read_chunk(resp, ref["filename"]):
-                    f.write(chunk)
+            with resp:
+                self._check_size(resp.headers.get("Content-Length"), ref["filename"])
+                with open(partial, "wb") as f:
+                    size = 0
+                    while chunk := self._read_chunk(resp, ref["filename"]):
+                        size += len(chunk)
+                        self._check_size(size, ref["filename"])
+                        f.write(chunk)
         except BaseException:
             partial.unlink(missing_ok=True)
             raise
@@ -174,6 +186,15 @@ class ComfyServer:
             return resp.read(1 << 20)
         except (OSError, http.client.HTTPException) as err:
             raise ServerUnavailable(f"download of {filename} from {self.url} broke off: {err}") from err
+
+    def _check_size(self, size, filename: str) -> None:
+        try:
+            size = int(size)
+        except (TypeError, ValueError):
+            return  # no Content-Length: the running count decides
+        if size > self.max_download:
+            raise BatchError(f"{self.url} sends more than {self.max_download} bytes for {filename} "
+                             f"({size}); nothing was kept (raise --max-download-mb if that is a real video)")
 
     def cancel(self, prompt_id: str) -> None:
         """Drop the prompt from the queue and interrupt it if it runs (best effort, for Ctrl-C)."""
@@ -216,14 +237,22 @@ class ComfyServer:
         """Follow the prompt over the websocket until it ends; return its history entry.
 
         With no message for `poll_interval` seconds the queue and history are checked, so a missed
-        event or a server that lost the prompt (restart) never leaves the job waiting forever.
+        event or a server that lost the prompt (restart) never leaves the job waiting forever. After
+        `job_timeout` seconds in all (however chatty the server is) the prompt is cancelled and the job
+        fails.
         """
         from websockets.exceptions import ConnectionClosed
         reconnects = 0
+        deadline = time.monotonic() + self.job_timeout
         while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                self.cancel(prompt_id)
+                raise JobFailed(f"prompt {prompt_id} on {self.url} did not finish within {self.job_timeout:.0f} s; "
+                                "it was cancelled (raise --job-timeout for longer renders)")
             self.ensure_connected()
             try:
-                raw = self._ws.recv(timeout=self.poll_interval)
+                raw = self._ws.recv(timeout=min(self.poll_interval, left))
             except TimeoutError:
                 entry = self._finished_entry(prompt_id)
                 if entry is not None:
@@ -236,13 +265,8 @@ class ComfyServer:
                     raise ServerUnavailable(f"websocket of {self.url} keeps closing: {err}") from err
                 log.debug("websocket of %s closed (%s); reconnecting", self.url, err)
                 continue
-            if isinstance(raw, bytes):  # preview images: 4-byte event type + image
-                continue
-            try:
-                message = json.loads(raw)
-            except json.JSONDecodeError:
-                continue
-            if not isinstance(message, dict):
+            message = _json_message(raw)
+            if message is None:
                 continue
             on_message(message)
             data = message.get("data") if isinstance(message.get("data"), dict) else {}
@@ -278,3 +302,14 @@ class ComfyServer:
                                  f"after {self.history_timeout:.0f} s")
             time.sleep(pause)
             pause = min(pause * 2, 0.5)
+
+
+def _json_message(raw) -> dict | None:
+    """A websocket text message as a dict; None for previews (binary), non-JSON and non-object messages."""
+    if isinstance(raw, bytes):  # preview images: 4-byte event type + image
+        return None
+    try:
+        message = json.loads(raw)
+    except json.JSONDecodeError:
+        return None
+    return message if isinstance(message, dict) else None

@@ -184,19 +184,31 @@ def validate_jobs(jobs: list[Job]) -> list[Job]:
             raise JobSpecError(f"jobs {seen[job.name]} and {i} both have the name {job.name!r}; give each job "
                                "its own 'name' (the output file name)")
         seen[job.name] = i
-        for kind in ("portrait", "audio"):
+        for kind, exts in (("portrait", IMAGE_EXTS), ("audio", AUDIO_EXTS)):
             p = getattr(job, kind)
+            # Only media are uploaded: a job list from elsewhere must not send e.g. ~/.ssh/id_rsa to a server.
+            if p.suffix.lower() not in exts:
+                raise JobSpecError(f"job {i} ({job.name}): {kind} {p.name!r} is not a {kind} file; use one of "
+                                   f"{', '.join(sorted(exts))}")
             if not p.is_file():
                 raise JobSpecError(f"job {i} ({job.name}): {kind} file {p} does not exist")
     return jobs
 
 
+# Names Windows reserves for devices, with or without an extension ("con.mp4" too); the output may be
+# written on a Windows client or server, and there such a name opens a device, not a file.
+WINDOWS_RESERVED = frozenset({"con", "prn", "aux", "nul", "conin$", "conout$",
+                              *(f"{d}{n}" for d in ("com", "lpt") for n in (*"0123456789", "¹", "²", "³"))})
+
+
 def _check_name(name: str, i: int) -> None:
     bad = (not name or name in (".", "..") or name.startswith(".") or len(name) > 200
-           or any(c in name for c in "/\\:*?\"<>|") or any(ord(c) < 32 for c in name))
+           or any(c in name for c in "/\\:*?\"<>|") or any(ord(c) < 32 for c in name)
+           or name[-1] in ". " or name.split(".")[0].strip().lower() in WINDOWS_RESERVED)
     if bad:
-        raise JobSpecError(f"job {i}: name {name!r} is not a usable file name (no path separators, "
-                           "no leading dot, at most 200 characters)")
+        raise JobSpecError(f"job {i}: name {name!r} is not a usable file name on every system (no path "
+                           "separators or <>:\"|?*, no leading dot, no trailing dot or space, not a Windows "
+                           "device name such as CON or COM1, at most 200 characters)")
 
 
 @functools.lru_cache(maxsize=4096)

@@ -18,7 +18,8 @@ from ..errors import InvalidInputError
 from .jobs import Job, fingerprint
 
 STATES = ("pending", "running", "done", "failed")
-VIDEO_EXTS = (".mp4", ".webm", ".mov", ".mkv", ".gif", ".webp")
+# What video workflows save (SaveVideo, SaveAnimatedWEBP/PNG, VideoHelperSuite); nothing else is downloaded.
+OUTPUT_EXTS = (".mp4", ".webm", ".mov", ".mkv", ".gif", ".webp", ".png")
 MANIFEST_NAME = "emo_batch_manifest.json"
 
 
@@ -80,10 +81,10 @@ class Manifest:
 
 
 def existing_output(out_dir: Path, name: str, entry: dict | None) -> Path | None:
-    """The downloaded file of job `name`, if one is there (the recorded one, else `<name>.<video ext>`)."""
+    """The downloaded file of job `name`, if one is there (the recorded one, else `<name>.<output ext>`)."""
     if entry and entry.get("output") and (out_dir / entry["output"]).is_file():
         return out_dir / entry["output"]
-    for ext in VIDEO_EXTS:
+    for ext in OUTPUT_EXTS:
         if (out_dir / (name + ext)).is_file():
             return out_dir / (name + ext)
     return None

@@ -9,6 +9,7 @@ from typing import Callable
 from .client import ComfyServer
 from .errors import JobFailed, OutputConflict
 from .jobs import Job, file_digest
+from .manifest import OUTPUT_EXTS
 from .outcome import JobProgress, ProgressTracker, history_outcome
 from .workflow import Binding, substitute
 
@@ -33,6 +34,16 @@ class RenderSettings:
         steps_target = self.binding.get("steps")
         value = self.workflow[steps_target.node]["inputs"].get(steps_target.input) if steps_target else None
         return target.node, value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def output_suffix(ref: dict, url: str) -> str:
+    """The extension of the server's output file, if it is one a video workflow produces (the server,
+    not us, names the file, so `.sh` or `.exe` must never land in the output folder)."""
+    suffix = Path(str(ref.get("filename", ""))).suffix.lower()
+    if suffix not in OUTPUT_EXTS:
+        raise JobFailed(f"{url} named the job's output {ref.get('filename')!r}; only {', '.join(OUTPUT_EXTS)} "
+                        "files are downloaded, so nothing was saved (check the workflow's save node)")
+    return suffix
 
 
 def upload_name(path: Path, digest: str) -> str:
@@ -87,8 +98,8 @@ def render_job(server: ComfyServer, job: Job, settings: RenderSettings, *,
     if outcome.error is not None:
         raise JobFailed(outcome.error)
     ref = outcome.files[0]
+    dest = settings.out_dir / (job.name + output_suffix(ref, server.url))
     settings.out_dir.mkdir(parents=True, exist_ok=True)
-    dest = settings.out_dir / (job.name + (Path(ref["filename"]).suffix or ".mp4"))
     if dest.exists() and not settings.overwrite:
         raise OutputConflict(f"{dest} appeared while the job ran; it is kept (pass --overwrite to replace it)")
     server.download(ref, dest)
