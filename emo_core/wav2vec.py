@@ -123,14 +123,14 @@ def cnn_features(model, signal: torch.Tensor, chunk_samples: int = 16000 * 30) -
     per_chunk = max(1, (chunk_samples - field) // stride + 1)
     norm = layers[0].layer_norm if isinstance(getattr(layers[0], "layer_norm", None), torch.nn.GroupNorm) else None
     stats = _first_layer_stats(layers[0], signal, chunk_samples, p) if norm is not None else None
-    parts = []
+    out = torch.empty(total, layers[-1].conv.out_channels)  # filled in place, never held twice
     for a in range(0, total, per_chunk):
         b = min(a + per_chunk, total)
         x = signal[a * stride:(b - 1) * stride + field][None, None].to(p.device, p.dtype)
         for i, layer in enumerate(layers):
             x = _first_layer(layer, x, stats) if i == 0 and stats is not None else layer(x)
-        parts.append(x[0].transpose(0, 1).float().cpu())
-    return torch.cat(parts)
+        out[a:b] = x[0].transpose(0, 1)
+    return out
 
 
 def _receptive_field(layers) -> int:
@@ -189,7 +189,8 @@ def encode_frames(model, cnn: torch.Tensor, frames: int, keep: tuple[int, int] |
     if model.config.do_stable_layer_norm:
         # transformers reports the last layer of the stable-layer-norm encoder after its final LayerNorm.
         outputs[-1] = model.encoder.layer_norm(outputs[-1])
-    out = torch.stack(outputs, dim=2)[0]
-    if keep is not None:
-        out = out[keep[0]:keep[1]]
-    return out.float().cpu()
+    lo, hi = keep if keep is not None else (0, frames)
+    out = torch.empty(hi - lo, len(outputs), outputs[0].shape[-1])
+    for i, layer_out in enumerate(outputs):  # layer by layer: no stacked copy of every layer's output
+        out[:, i] = layer_out[0, lo:hi]
+    return out

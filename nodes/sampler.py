@@ -66,7 +66,7 @@ class EmoSampler:
         _check_sizes(reference, face_region)
         feats = audio_features.features
         video = VideoConditions(
-            reference=reference.latent, audio=feats.windowed(), num_frames=feats.num_frames,
+            reference=reference.latent, audio=feats, num_frames=feats.num_frames,
             face_mask=face_region.region.locator_input[0], identity=reference.identity,
             masks=None if face_region.hallo_masks is None else tuple(face_region.hallo_masks),
             reference_features=reference.features)
