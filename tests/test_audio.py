@@ -140,3 +140,26 @@ def test_single_file_safetensors_with_prefix_loads_like_the_folder(tmp_path):
 def test_missing_model_names_the_folder(tmp_path):
     with pytest.raises(MissingWeightsError, match=str(tmp_path)):
         load_wav2vec(str(tmp_path / "wav2vec2-base-960h.safetensors"))
+
+
+PEAK_SCRIPT = r'''
+import resource, sys, torch
+from emo_core.audio import normalise, to_mono_16k
+wave = torch.rand(1, 2, 16000 * 600) - 0.5  # 10 min of 16 kHz stereo, float32 (77 MB)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+out = normalise(to_mono_16k({"waveform": wave, "sample_rate": 16000}))
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024 / wave.numel() / 4)
+'''
+
+
+def test_mixdown_and_normalise_need_no_float64_copy_of_every_channel():
+    """Extra peak memory of mixing 10 min of stereo down and normalising it, in input sizes: the float64
+    mono signal (1x the stereo float32 input) and the float32 result; not a float64 stereo copy (2x) plus
+    three float64 temporaries."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    out = subprocess.run([sys.executable, "-c", PEAK_SCRIPT], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert float(out.stdout) < 1.8, f"peak grew by {float(out.stdout):.2f}x the input"
