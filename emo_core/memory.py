@@ -47,7 +47,9 @@ def audio_features_bytes(samples: int, sample_rate: int, fps: float, layers: int
     frames = math.ceil(math.ceil(s16 / 16000 * fps) / clip_length) * clip_length
     resample = F64 * samples + (F64 + F32) * s16  # float64 mono in, float64 out, then the float32 copy
     chunk = min(frames, int(chunk_seconds * fps) + 2 * int(context_seconds * fps))
-    transformer = chunk * (2 * layers * hidden + intermediate) * F32 + 3 * heads * chunk * chunk * F32
+    # Every layer's output for the chunk, the feed-forward, and one attention matrix (SDPA's memory-efficient
+    # kernels need less; eager attention more). On a GPU this part is on the device.
+    transformer = chunk * (2 * layers * hidden + intermediate) * F32 + heads * chunk * chunk * F32
     encode = (2 * F32 + F32 * conv_channels / CNN_STRIDE) * s16 + transformer
     return {"audio features": frames * layers * hidden * F32, "audio processing": int(max(resample, encode))}
 
