@@ -29,6 +29,7 @@ from .errors import InvalidInputError, MissingDependencyError
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
+CNN_CHUNK_SECONDS = 10.0  # wav2vec2 CNN chunks for audio longer than one transformer chunk
 
 
 @dataclass(frozen=True)
@@ -163,10 +164,13 @@ def _encode(model, signal: torch.Tensor, frames: int, settings: AudioSettings) -
     pass when the audio fits one chunk, else chunks of frames with `context_seconds` each side."""
     from .wav2vec import cnn_features, encode_frames
 
-    cnn = cnn_features(model, signal, chunk_samples=int(settings.chunk_seconds * SAMPLE_RATE))
     chunk = max(1, int(settings.chunk_seconds * settings.fps))
     if frames <= chunk:
+        cnn = cnn_features(model, signal, chunk_samples=int(settings.chunk_seconds * SAMPLE_RATE))
         return encode_frames(model, cnn, frames)
+    # Long audio: the CNN (exact in chunks) runs on shorter chunks, since its first layer's float64
+    # GroupNorm over a chunk is the largest transient of the extraction (about 200 MB per 10 s).
+    cnn = cnn_features(model, signal, chunk_samples=int(CNN_CHUNK_SECONDS * SAMPLE_RATE))
     # Global frame -> CNN-position map (align_corners=True), so chunking only limits attention's reach.
     positions = torch.linspace(0, cnn.shape[0] - 1, frames)
     context = int(settings.context_seconds * settings.fps)

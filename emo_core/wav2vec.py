@@ -153,7 +153,8 @@ def _first_layer_stats(layer, signal, chunk_samples, p):
         b = min(a + per_chunk, total)
         x = conv(signal[a * s:(b - 1) * s + k][None, None].to(p.device, p.dtype))
         g = x.double().reshape(norm.num_groups, -1, x.shape[-1])
-        s1, s2, count = s1 + g.sum(dim=(1, 2)), s2 + (g * g).sum(dim=(1, 2)), count + g[0].numel()
+        count, s1 = count + g[0].numel(), s1 + g.sum(dim=(1, 2))
+        s2 = s2 + g.square_().sum(dim=(1, 2))  # in place: the same squares without a second float64 copy
     mean = s1 / count
     return mean, (s2 / count - mean * mean).clamp_min(0)
 
@@ -163,8 +164,12 @@ def _first_layer(layer, x, stats):
     mean, var = stats
     y = layer.conv(x)
     g = y.double().reshape(1, norm.num_groups, -1, y.shape[-1])
-    g = (g - mean[None, :, None, None]) / torch.sqrt(var[None, :, None, None] + norm.eps)
-    y = g.reshape(y.shape).to(y.dtype) * norm.weight[None, :, None] + norm.bias[None, :, None]
+    # In place (the same arithmetic): the float64 copy is 2x the chunk's first-layer output, the largest
+    # tensor of the whole extraction, and out-of-place steps would hold it three times.
+    g.sub_(mean[None, :, None, None]).div_(torch.sqrt(var[None, :, None, None] + norm.eps))
+    y = g.reshape(y.shape).to(y.dtype)
+    del g
+    y.mul_(norm.weight[None, :, None]).add_(norm.bias[None, :, None])
     return layer.activation(y)
 
 
