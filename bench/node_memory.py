@@ -3,6 +3,7 @@
 
     python bench/node_memory.py                      # 30 s and 600 s of audio, 64 px, 1 step
     python bench/node_memory.py --seconds 30 120 --size 64 --steps 1 --threads 1
+    python bench/node_memory.py --until features      # stop after EMO Audio Features (minutes, not half an hour)
 
 --threads 1 on a shared CPU: torch's default thread pool slowed the small network ~25x on a busy 2-core machine.
 
@@ -62,7 +63,7 @@ def synthetic_song(samples: int, rate: int, g):
     return wave
 
 
-def child(seconds: float, size: int, steps: int, models: str, threads: int) -> dict:
+def child(seconds: float, size: int, steps: int, models: str, threads: int, until: str = "save") -> dict:
     import torch
 
     if threads:
@@ -94,6 +95,10 @@ def child(seconds: float, size: int, steps: int, models: str, threads: int) -> d
     start = time.perf_counter()
     (reference,) = run("EMO_ReferenceEncode", emo_model=model, vae=vae, image=image)
     feats, frames, fps = run("EMO_AudioFeatures", emo_model=model, audio_encoder=encoder, audio=audio, fps=25.0)
+    if until == "features":  # the audio stage alone (where the peak is); the rest is measured by full runs
+        return {"seconds": seconds, "frames": frames, "time_s": round(time.perf_counter() - start, 1),
+                "peak_rss_mib": round(rss_mib()), "after_mib": {k: round(v) for k, v in marks.items()},
+                "mp4_mib": 0, "features_mib": round(feats.features.hidden.numel() * 4 / 2 ** 20), "latents_mib": 0}
     region, _ = run("EMO_FaceLocator", emo_model=model, image=image, expand_ratio=1.2, face_mask=mask)
     graph = {"1": {"class_type": "EMO_Sampler", "inputs": {}},
              "2": {"class_type": "EMO_SaveVideo", "inputs": {"latent": ["1", 0]}}}
@@ -114,11 +119,13 @@ def main() -> None:
     p.add_argument("--size", type=int, default=64, help="portrait size in pixels (square)")
     p.add_argument("--steps", type=int, default=1)
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    p.add_argument("--until", choices=["save", "features"], default="save",
+                   help="run the whole node path, or stop after EMO Audio Features")
     p.add_argument("--child", type=float, help=argparse.SUPPRESS)
     p.add_argument("--models", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child is not None:
-        print(json.dumps(child(args.child, args.size, args.steps, args.models, args.threads)))
+        print(json.dumps(child(args.child, args.size, args.steps, args.models, args.threads, args.until)))
         return
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -126,7 +133,7 @@ def main() -> None:
         env = dict(os.environ, EMO_OUTPUT_DIR=str(Path(tmp) / "output"))
         for s in args.seconds:
             cmd = [sys.executable, __file__, "--child", str(s), "--size", str(args.size), "--steps", str(args.steps),
-                   "--threads", str(args.threads), "--models", str(Path(tmp) / "models")]
+                   "--threads", str(args.threads), "--until", args.until, "--models", str(Path(tmp) / "models")]
             done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
             if done.returncode != 0:
                 sys.exit(f"the {s:g} s run failed:\n{done.stderr[-4000:]}")
