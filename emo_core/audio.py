@@ -25,11 +25,11 @@ import torch
 import torch.nn.functional as F
 
 from .errors import InvalidInputError, MissingDependencyError
-from .windows import window_indices
 
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
+CNN_CHUNK_SECONDS = 10.0  # wav2vec2 CNN chunks for audio longer than one transformer chunk
 
 
 @dataclass(frozen=True)
@@ -77,7 +77,8 @@ class AudioFeatures:
         stop = self.padded_frames if stop is None else stop
         if not 0 <= start < stop <= self.padded_frames:
             raise InvalidInputError(f"frame range [{start}, {stop}) outside 0..{self.padded_frames}")
-        return self.hidden[window_indices(self.padded_frames, self.window // 2)[start:stop]]
+        m, last = self.window // 2, self.padded_frames - 1
+        return self.hidden[(torch.arange(start, stop)[:, None] + torch.arange(-m, m + 1)).clamp(0, last)]
 
 
 def frame_count(samples: int, fps: float, sample_rate: int = SAMPLE_RATE) -> int:
@@ -100,10 +101,21 @@ def to_mono_16k(audio: dict) -> torch.Tensor:
         raise InvalidInputError("the audio is empty (0 samples); connect a file with sound in it")
     if rate < 1000:
         raise InvalidInputError(f"audio sample rate {rate} Hz is not plausible; expected 8000 to 48000 Hz")
-    mono = wave[0].to(torch.float64).mean(dim=0)
+    mono = _mix_down(wave[0])
     if not torch.isfinite(mono).all():
         raise InvalidInputError("the audio contains NaN or infinite samples; re-encode the file")
     return resample(mono, rate, SAMPLE_RATE).to(torch.float32)
+
+
+def _mix_down(channels: torch.Tensor) -> torch.Tensor:
+    """(C, T) -> (T,) float64 mean of the channels, one channel at a time: the same sums as
+    `channels.double().mean(0)` without a float64 copy of every channel (8 bytes x C per sample)."""
+    if channels.shape[0] == 1:
+        return channels[0].to(torch.float64)
+    mono = channels[0].to(torch.float64)
+    for c in range(1, channels.shape[0]):
+        mono += channels[c]
+    return mono.div_(channels.shape[0])
 
 
 def resample(wave: torch.Tensor, rate: int, target: int = SAMPLE_RATE) -> torch.Tensor:
@@ -125,8 +137,9 @@ def resample(wave: torch.Tensor, rate: int, target: int = SAMPLE_RATE) -> torch.
 
 def normalise(wave: torch.Tensor) -> torch.Tensor:
     """Wav2Vec2FeatureExtractor's zero-mean unit-variance normalisation over the whole clip (silence stays 0)."""
-    w = wave.to(torch.float64)
-    return ((w - w.mean()) / torch.sqrt(w.var(unbiased=False) + 1e-7)).to(torch.float32)
+    w = wave.to(torch.float64, copy=True)
+    mean, std = w.mean(), torch.sqrt(w.var(unbiased=False) + 1e-7)
+    return w.sub_(mean).div_(std).to(torch.float32)  # in place: one float64 copy, not three
 
 
 def extract_audio_features(model, audio, settings: AudioSettings = AudioSettings()) -> AudioFeatures:
@@ -151,20 +164,26 @@ def _encode(model, signal: torch.Tensor, frames: int, settings: AudioSettings) -
     pass when the audio fits one chunk, else chunks of frames with `context_seconds` each side."""
     from .wav2vec import cnn_features, encode_frames
 
-    cnn = cnn_features(model, signal, chunk_samples=int(settings.chunk_seconds * SAMPLE_RATE))
     chunk = max(1, int(settings.chunk_seconds * settings.fps))
     if frames <= chunk:
+        cnn = cnn_features(model, signal, chunk_samples=int(settings.chunk_seconds * SAMPLE_RATE))
         return encode_frames(model, cnn, frames)
+    # Long audio: the CNN (exact in chunks) runs on shorter chunks, since its first layer's float64
+    # GroupNorm over a chunk is the largest transient of the extraction (about 200 MB per 10 s).
+    cnn = cnn_features(model, signal, chunk_samples=int(CNN_CHUNK_SECONDS * SAMPLE_RATE))
     # Global frame -> CNN-position map (align_corners=True), so chunking only limits attention's reach.
     positions = torch.linspace(0, cnn.shape[0] - 1, frames)
     context = int(settings.context_seconds * settings.fps)
     step = chunk - 2 * context
-    parts = []
+    out = None  # filled in place: concatenating parts would hold the features twice
     for start in range(0, frames, step):
         stop = min(start + step, frames)
         lo, hi = max(0, start - context), min(frames, stop + context)
-        parts.append(_encode_span(model, cnn, positions[lo:hi], (start - lo, stop - lo)))
-    return torch.cat(parts)
+        part = _encode_span(model, cnn, positions[lo:hi], (start - lo, stop - lo))
+        if out is None:
+            out = torch.empty(frames, *part.shape[1:], dtype=part.dtype)
+        out[start:stop] = part
+    return out
 
 
 def _encode_span(model, cnn: torch.Tensor, positions: torch.Tensor, keep: tuple[int, int]) -> torch.Tensor:

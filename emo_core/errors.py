@@ -23,3 +23,7 @@ class IncompatibleCheckpointError(EmoError):
 
 class MissingDependencyError(EmoError, ImportError):
     """An optional Python package is not installed."""
+
+
+class InsufficientMemoryError(EmoError, MemoryError):
+    """A run would need more host memory than the machine has available (estimated before it starts)."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Protocol
 
 import torch
 
@@ -50,13 +50,21 @@ class SamplerSettings:
         return self
 
 
+class WindowedAudio(Protocol):
+    """Audio features that cut their windows on demand (audio.AudioFeatures)."""
+    padded_frames: int
+
+    def windowed(self, start: int, stop: int) -> torch.Tensor: ...
+
+
 @dataclass
 class VideoConditions:
     """Everything one video is conditioned on (batch 1).
 
     reference: (4, h, w) UNSCALED reference latent (ComfyUI VAEEncode output).
-    audio: (frames, 2m+1, layers, hidden) windowed audio features of at least `num_frames` frames
-        (audio.AudioFeatures.windowed()); frames past the end repeat the last one.
+    audio: the audio features: audio.AudioFeatures (windows are cut per clip, so only the (frames, layers,
+        hidden) features exist at video length), or any object with `padded_frames` and `windowed(start,
+        stop)`, or a (frames, 2m+1, layers, hidden) windowed tensor; frames past the end repeat the last one.
     face_mask: (c, H, W) face-locator input at pixel size (face.FaceRegion.locator_input[0]) or None.
     masks: Hallo's (full, face, lip), each a list over levels of (1 or frames, h_l * w_l), or None.
     identity: (E,) face-identity embedding or None (Hallo falls back to the unconditional tokens).
@@ -69,7 +77,7 @@ class VideoConditions:
         the last frames of an earlier segment to continue it seamlessly.
     """
     reference: torch.Tensor
-    audio: torch.Tensor
+    audio: torch.Tensor | WindowedAudio
     num_frames: int
     face_mask: torch.Tensor | None = None
     masks: tuple | None = None
@@ -167,7 +175,7 @@ def _check_inputs(run: _Run) -> None:
         raise InvalidInputError(f"the video needs at least 1 frame, got {v.num_frames}; is the audio empty?")
     if v.reference.dim() != 3 or v.reference.shape[0] != 4:
         raise InvalidInputError(f"reference latent must be (4, h, w), got {tuple(v.reference.shape)}")
-    if v.audio.shape[0] < 1:
+    if _audio_length(v.audio) < 1:
         raise InvalidInputError("the audio features are empty")
     _check_finite(v)
     if cfg.audio_attention.form == "hierarchical" and v.masks is None:
@@ -183,15 +191,18 @@ def _check_inputs(run: _Run) -> None:
 
 def _check_lengths(v: VideoConditions) -> None:
     """Per-frame conditions must reach the last frame; a short track would repeat its last row unnoticed."""
-    for name, x in (("audio features", v.audio), ("speed features", v.speed)):
-        if x is not None and x.shape[0] < v.num_frames:
-            raise InvalidInputError(f"the {name} cover {x.shape[0]} frames but the video has {v.num_frames}; "
+    lengths = (("audio features", _audio_length(v.audio)),
+               ("speed features", None if v.speed is None else v.speed.shape[0]))
+    for name, length in lengths:
+        if length is not None and length < v.num_frames:
+            raise InvalidInputError(f"the {name} cover {length} frames but the video has {v.num_frames}; "
                                     "compute them for the whole audio (or set num_frames to their length)")
 
 
 def _check_finite(v: VideoConditions) -> None:
     for name in ("reference", "first_motion", "audio", "face_mask", "identity", "speed"):
         value = getattr(v, name)
+        value = getattr(value, "hidden", value)  # audio: AudioFeatures are checked on their stored features
         if value is not None:
             require_finite(value, f"the {name.replace('_', ' ')} input of the sampler",
                            LATENT_FIX if name in ("reference", "first_motion") else "recompute it from its source")
@@ -252,9 +263,22 @@ def _frames(x: torch.Tensor, plan: ClipPlan) -> torch.Tensor:
     return x[idx]
 
 
+def _audio_length(audio) -> int:
+    return audio.shape[0] if isinstance(audio, torch.Tensor) else audio.padded_frames
+
+
+def _audio_frames(audio, plan: ClipPlan) -> torch.Tensor:
+    """The clip's windowed audio rows, cut for this clip only (padded like _frames)."""
+    if isinstance(audio, torch.Tensor):
+        return _frames(audio, plan)
+    start = min(plan.frames.start, audio.padded_frames - 1)
+    rows = audio.windowed(start, min(plan.frames.start + plan.length, audio.padded_frames))
+    return rows[torch.arange(plan.length).clamp(max=rows.shape[0] - 1)]
+
+
 def _clip_conditions(run: _Run, plan: ClipPlan, reference) -> ClipConditions:
     net, v, dev = run.net, run.video, run.device
-    audio = net.audio_tokens(_frames(v.audio, plan).unsqueeze(0).to(dev))
+    audio = net.audio_tokens(_audio_frames(v.audio, plan).unsqueeze(0).to(dev))
     face = None
     if v.face_mask is not None:
         face = net.face_features(v.face_mask.unsqueeze(0).to(dev), plan.length)

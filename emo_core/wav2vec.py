@@ -133,14 +133,14 @@ def cnn_features(model, signal: torch.Tensor, chunk_samples: int = 16000 * 30) -
     per_chunk = max(1, (chunk_samples - field) // stride + 1)
     norm = layers[0].layer_norm if isinstance(getattr(layers[0], "layer_norm", None), torch.nn.GroupNorm) else None
     stats = _first_layer_stats(layers[0], signal, chunk_samples, p) if norm is not None else None
-    parts = []
+    out = torch.empty(total, layers[-1].conv.out_channels)  # filled in place, never held twice
     for a in range(0, total, per_chunk):
         b = min(a + per_chunk, total)
         x = signal[a * stride:(b - 1) * stride + field][None, None].to(p.device, p.dtype)
         for i, layer in enumerate(layers):
             x = _first_layer(layer, x, stats) if i == 0 and stats is not None else layer(x)
-        parts.append(x[0].transpose(0, 1).float().cpu())
-    return torch.cat(parts)
+        out[a:b] = x[0].transpose(0, 1)
+    return out
 
 
 def _receptive_field(layers) -> int:
@@ -163,7 +163,8 @@ def _first_layer_stats(layer, signal, chunk_samples, p):
         b = min(a + per_chunk, total)
         x = conv(signal[a * s:(b - 1) * s + k][None, None].to(p.device, p.dtype))
         g = x.double().reshape(norm.num_groups, -1, x.shape[-1])
-        s1, s2, count = s1 + g.sum(dim=(1, 2)), s2 + (g * g).sum(dim=(1, 2)), count + g[0].numel()
+        count, s1 = count + g[0].numel(), s1 + g.sum(dim=(1, 2))
+        s2 = s2 + g.square_().sum(dim=(1, 2))  # in place: the same squares without a second float64 copy
     mean = s1 / count
     return mean, (s2 / count - mean * mean).clamp_min(0)
 
@@ -173,8 +174,12 @@ def _first_layer(layer, x, stats):
     mean, var = stats
     y = layer.conv(x)
     g = y.double().reshape(1, norm.num_groups, -1, y.shape[-1])
-    g = (g - mean[None, :, None, None]) / torch.sqrt(var[None, :, None, None] + norm.eps)
-    y = g.reshape(y.shape).to(y.dtype) * norm.weight[None, :, None] + norm.bias[None, :, None]
+    # In place (the same arithmetic): the float64 copy is 2x the chunk's first-layer output, the largest
+    # tensor of the whole extraction, and out-of-place steps would hold it three times.
+    g.sub_(mean[None, :, None, None]).div_(torch.sqrt(var[None, :, None, None] + norm.eps))
+    y = g.reshape(y.shape).to(y.dtype)
+    del g
+    y.mul_(norm.weight[None, :, None]).add_(norm.bias[None, :, None])
     return layer.activation(y)
 
 
@@ -189,10 +194,11 @@ def encode_frames(model, cnn: torch.Tensor, frames: int, keep: tuple[int, int] |
     x = F.interpolate(cnn.T[None].to(p.device, p.dtype), size=frames, mode="linear", align_corners=True)
     hidden, _ = model.feature_projection(x.transpose(1, 2))
     outputs = _layer_outputs(model.encoder, hidden)
-    out = torch.stack(outputs, dim=2)[0]
-    if keep is not None:
-        out = out[keep[0]:keep[1]]
-    return out.float().cpu()
+    lo, hi = keep if keep is not None else (0, frames)
+    out = torch.empty(hi - lo, len(outputs), outputs[0].shape[-1])
+    for i, layer_out in enumerate(outputs):  # layer by layer: no stacked copy of every layer's output
+        out[:, i] = layer_out[0, lo:hi]
+    return out
 
 
 def _layer_outputs(encoder, hidden: torch.Tensor) -> list[torch.Tensor]:

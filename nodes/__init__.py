@@ -4,6 +4,7 @@ from .face import EmoFaceLocator
 from .loaders import EmoAudioEncoderLoader, EmoFaceEmbedderLoader, EmoModelLoader
 from .reference import EmoReferenceEncode
 from .sampler import EmoSampler
+from .save_video import EmoSaveVideo
 from .speed import EmoSpeedConstant, EmoSpeedFromVideo, EmoSpeedKeyframes
 
 NODE_CLASS_MAPPINGS: dict[str, type] = {
@@ -17,6 +18,7 @@ NODE_CLASS_MAPPINGS: dict[str, type] = {
     "EMO_SpeedKeyframes": EmoSpeedKeyframes,
     "EMO_SpeedFromVideo": EmoSpeedFromVideo,
     "EMO_Sampler": EmoSampler,
+    "EMO_SaveVideo": EmoSaveVideo,
 }
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {
     "EMO_ModelLoader": "EMO Model Loader",
@@ -29,4 +31,5 @@ NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {
     "EMO_SpeedKeyframes": "EMO Speed (Keyframes)",
     "EMO_SpeedFromVideo": "EMO Speed (From Video)",
     "EMO_Sampler": "EMO Sampler",
+    "EMO_SaveVideo": "EMO Save Video (Streaming)",
 }

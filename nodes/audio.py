@@ -7,6 +7,7 @@ import math
 from ..emo_core.audio import AudioSettings, extract_audio_features
 from . import comfy_services as services
 from .handles import AudioFeaturesHandle
+from .memory_check import check_audio_features
 
 
 class EmoAudioFeatures:
@@ -32,6 +33,7 @@ class EmoAudioFeatures:
     def extract(self, emo_model, audio_encoder, audio, fps):
         cfg = emo_model.config
         settings = AudioSettings(fps=fps, window=cfg.audio_projection.window, clip_length=cfg.clip_length)
+        check_audio_features(audio, fps, cfg.clip_length, audio_encoder.model)
         model = services.load_on_device(audio_encoder.model, audio_encoder.patcher, audio_encoder.device)
         feats = extract_audio_features(model, audio, settings)
         feats = dataclasses.replace(feats, hidden=feats.hidden.float().cpu())  # one clip at a time goes back

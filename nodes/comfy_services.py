@@ -1,15 +1,17 @@
 """The only module that touches ComfyUI services: model folders, devices and dtypes, model management,
-progress, interruption and temp files. Every service has a plain fallback so the node classes run
+progress, interruption, temp and output files. Every service has a plain fallback so the node classes run
 (and are tested) without ComfyUI.
 
 Fallbacks: models live under $EMO_MODELS_DIR (default ./models); the device is CUDA when available,
-else CPU; progress and interruption are no-ops; temp files go to the system temp folder.
+else CPU; progress and interruption are no-ops; temp files go to the system temp folder; outputs go to
+$EMO_OUTPUT_DIR (default ./output).
 """
 from __future__ import annotations
 
 import importlib
 import logging
 import os
+import re
 import tempfile
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
@@ -272,3 +274,51 @@ def temp_directory() -> Path:
     path = Path(fp.get_temp_directory()) if fp is not None else Path(tempfile.gettempdir()) / "comfyui-emo"
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+# -- output files -----------------------------------------------------------------------------------
+def output_directory() -> Path:
+    """ComfyUI's output folder (fallback: $EMO_OUTPUT_DIR, default ./output)."""
+    fp = _comfy("folder_paths")
+    if fp is not None:
+        return Path(fp.get_output_directory())
+    return Path(os.environ.get("EMO_OUTPUT_DIR", "output")).resolve()
+
+
+def output_file(filename_prefix: str, extension: str) -> tuple[Path, str, str]:
+    """A new file `<prefix>_00001_.<ext>` (the next free number, as ComfyUI's savers count) inside the output
+    folder -> (path, subfolder, filename). A prefix that leaves the folder is refused."""
+    root = output_directory().resolve()
+    text = filename_prefix.replace("\\", "/")
+    parts = [p for p in text.split("/") if p not in ("", ".")]
+    if not parts or ".." in parts or text.startswith("/") or ":" in parts[0]:
+        raise InvalidInputError(f"filename_prefix '{filename_prefix}' must be a relative name inside the output "
+                                f"folder (e.g. 'EMO/video'), without '..' or a drive")
+    folder = root.joinpath(*parts[:-1]).resolve()
+    if folder != root and root not in folder.parents:  # a symlink inside the output folder pointing out
+        raise InvalidInputError(f"filename_prefix '{filename_prefix}' resolves outside the output folder {root}")
+    folder.mkdir(parents=True, exist_ok=True)
+    taken = re.compile(re.escape(parts[-1]) + r"_(\d+)_\.")
+    numbers = [int(m.group(1)) for f in os.listdir(folder) if (m := taken.match(f))]
+    filename = f"{parts[-1]}_{max(numbers, default=0) + 1:05d}_.{extension}"
+    return folder / filename, "/".join(parts[:-1]), filename
+
+
+def video_metadata(prompt, extra_pnginfo) -> dict | None:
+    """The workflow to embed in a saved file, as ComfyUI's savers do (None with --disable-metadata)."""
+    cli = _comfy("comfy.cli_args")
+    if cli is not None and getattr(cli.args, "disable_metadata", False):
+        return None
+    metadata = dict(extra_pnginfo or {})
+    if prompt is not None:
+        metadata["prompt"] = prompt
+    return metadata or None
+
+
+def progress_bar(total: int):
+    """A callable(done, total) moving ComfyUI's progress bar (also a cancel point), or a no-op."""
+    utils = _comfy("comfy.utils")
+    if utils is None:
+        return lambda done, total: None
+    bar = utils.ProgressBar(total)
+    return lambda done, total: bar.update_absolute(done, total)

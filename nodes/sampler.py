@@ -7,6 +7,7 @@ from ..emo_core.sampler import SamplerSettings, VaeCodec, VideoConditions, gener
 from ..emo_core.scheduling import SAMPLERS
 from ..emo_core.speed import speed_features
 from . import comfy_services as services
+from .memory_check import check_sampling
 
 
 def _vae_codec(vae) -> VaeCodec | None:
@@ -73,18 +74,19 @@ class EmoSampler:
                                       "tooltip": "Hallo: weight of audio on the face (expression)."}),
             "lip_weight": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 3.0, "step": 0.05,
                                      "tooltip": "Hallo: weight of audio on the lips."}),
-        }}
+        }, "hidden": {"prompt": "PROMPT", "unique_id": "UNIQUE_ID"}}
 
     def sample(self, emo_model, reference, audio_features, face_region, seed, steps, cfg, sampler_name,
-               speed=None, vae=None, pose_weight=1.0, face_weight=1.0, lip_weight=1.0):
+               speed=None, vae=None, pose_weight=1.0, face_weight=1.0, lip_weight=1.0, prompt=None, unique_id=None):
         if not emo_model.same_weights(reference.model):
             raise InvalidInputError("the reference was encoded with another EMO model; connect the same "
                                     "EMO Model Loader to EMO Reference Encode and EMO Sampler")
         _check_sizes(reference, face_region)
         _check_features(emo_model, audio_features)
         feats = audio_features.features
+        check_sampling(feats, tuple(reference.latent.shape[-2:]), prompt, unique_id)  # the workflow's graph
         video = VideoConditions(
-            reference=reference.latent, audio=feats.windowed(), num_frames=feats.num_frames,
+            reference=reference.latent, audio=feats, num_frames=feats.num_frames,
             face_mask=face_region.region.locator_input[0], identity=reference.identity,
             masks=None if face_region.hallo_masks is None else tuple(face_region.hallo_masks),
             reference_features=reference.features)

@@ -179,3 +179,55 @@ def test_concurrent_encodes_on_one_model_do_not_mix_layers(tiny_wav2vec):
     for n, single, repeats in zip(sizes, alone, results):
         for got in repeats:
             assert torch.equal(got, single), f"{n} frames: a concurrent encode differs from the single one"
+
+
+PEAK_SCRIPT = r'''
+import resource, sys, torch
+from emo_core.audio import normalise, to_mono_16k
+wave = torch.rand(1, 2, 16000 * 600) - 0.5  # 10 min of 16 kHz stereo, float32 (77 MB)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+out = normalise(to_mono_16k({"waveform": wave, "sample_rate": 16000}))
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024 / wave.numel() / 4)
+'''
+
+
+def test_mixdown_and_normalise_need_no_float64_copy_of_every_channel():
+    """Extra peak memory of mixing 10 min of stereo down and normalising it, in input sizes: the float64
+    mono signal (1x the stereo float32 input) and the float32 result; not a float64 stereo copy (2x) plus
+    three float64 temporaries."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    out = subprocess.run([sys.executable, "-c", PEAK_SCRIPT], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert float(out.stdout) < 1.8, f"peak grew by {float(out.stdout):.2f}x the input"
+
+
+CNN_PEAK_SCRIPT = r'''
+import resource, torch
+from transformers import Wav2Vec2Config, Wav2Vec2Model
+from emo_core.wav2vec import cnn_features
+torch.manual_seed(0)
+model = Wav2Vec2Model(Wav2Vec2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
+                                     conv_dim=(128,) * 7, num_conv_pos_embedding_groups=4)).eval()
+signal = torch.randn(16000 * 40)
+conv = model.feature_extractor.conv_layers[0].conv
+first = (signal.numel() // conv.stride[0]) * conv.out_channels * 4  # the first layer's float32 output
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+cnn_features(model, signal, chunk_samples=signal.numel())
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024 / first)
+'''
+
+
+def test_cnn_first_layer_group_norm_holds_one_float64_copy():
+    """The first layer's exact GroupNorm (float64) is the extraction's largest transient: the conv output, its
+    float64 copy normalised in place and the float32 result (4x the output), not three float64 copies (7x)."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+    out = subprocess.run([sys.executable, "-c", CNN_PEAK_SCRIPT], cwd=ROOT, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert float(out.stdout) < 5.5, f"peak grew by {float(out.stdout):.2f}x the first layer's output"

@@ -15,8 +15,9 @@ class Block(importlib.abc.MetaPathFinder):
 sys.meta_path.insert(0, Block())
 import emo_core, emo_core.network, emo_core.checkpoint, emo_core.scheduling, emo_core.hallo_config
 import emo_core.audio, emo_core.wav2vec, emo_core.speed, emo_core.face, emo_core.face_hallo, emo_core.face_models
-import emo_core.sampler, emo_core.plan, emo_core.identity
+import emo_core.sampler, emo_core.plan, emo_core.identity, emo_core.memory, emo_core.video_writer
 assert 'mediapipe' not in sys.modules and 'cv2' not in sys.modules and 'onnxruntime' not in sys.modules
+assert 'av' not in sys.modules
 assert not any(m.split(".")[0] in {"comfy", "folder_paths"} for m in sys.modules)
 print("ok")
 '''

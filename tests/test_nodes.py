@@ -366,3 +366,64 @@ def test_low_vram_the_network_is_reloaded_after_the_vae_between_clips(env, monke
     sampling = comfy.events[comfy.events.index(("load", "Wav2Vec2Model")) + 1:]
     assert sampling.count(("unload", "EmoNet")) == clips - 1  # the VAE pushed it out before every later clip
     assert torch.equal(latent["samples"], roomy["samples"])
+
+
+# -- long videos: per-clip audio windows, fail-early memory checks ----------------------------------
+def sampler_inputs(seconds=0.7, size=64):
+    (model,) = run("EMO_ModelLoader", model_name="tiny_emo.safetensors", precision="fp32")
+    (encoder,) = run("EMO_AudioEncoderLoader", encoder_name="wav2vec2-tiny")
+    portrait = load_image("portrait_astronaut_512.png", size)
+    (reference,) = run("EMO_ReferenceEncode", emo_model=model, vae=TinyVAE(), image=portrait)
+    feats, _, _ = run("EMO_AudioFeatures", emo_model=model, audio_encoder=encoder,
+                      audio=load_audio("speech_en_44k_stereo.wav", seconds), fps=25.0)
+    region, _ = run("EMO_FaceLocator", emo_model=model, image=portrait, expand_ratio=1.2)
+    return dict(emo_model=model, reference=reference, audio_features=feats, face_region=region, seed=1, steps=1,
+                cfg=3.5, sampler_name="ddim")
+
+
+def test_sampler_node_cuts_audio_windows_per_clip(env, monkeypatch):
+    """The node never materialises the whole video's windowed audio (5x the features), one clip at a time."""
+    inputs = sampler_inputs()
+    feats = inputs["audio_features"].features
+    cut = []
+    windowed = type(feats).windowed
+    monkeypatch.setattr(type(feats), "windowed", lambda self, start=0, stop=None: (
+        cut.append((stop or self.padded_frames) - start), windowed(self, start, stop))[1])
+    (latent,) = run("EMO_Sampler", **inputs)
+    clip = inputs["emo_model"].config.clip_length
+    assert latent["samples"].shape[0] == feats.num_frames
+    assert len(cut) == math.ceil(feats.num_frames / clip) and max(cut) <= clip < feats.padded_frames
+
+
+def test_sampler_fails_early_when_decoding_every_frame_would_not_fit(env, monkeypatch):
+    """With a VAE Decode after the sampler, the decoded frames count; with EMO Save Video they do not."""
+    inputs = sampler_inputs(seconds=1.0)
+    feats = inputs["audio_features"].features
+    h, w = inputs["reference"].latent.shape[-2:]
+    every_frame = feats.num_frames * (4 * h * w + 8 * h * 8 * w * 3) * 4  # latents + float32 IMAGE
+    one_chunk = sum(pack.emo_core.memory.sampling_bytes(feats.num_frames, (h, w), "streaming").values())
+    assert one_chunk < every_frame
+    monkeypatch.delenv("EMO_SKIP_MEMORY_CHECK", raising=False)
+    monkeypatch.setattr(pack.emo_core.memory, "available_host_bytes", lambda: (every_frame + one_chunk) // 2)
+    sampled = []
+    monkeypatch.setattr(pack.nodes.sampler, "generate", lambda *a, **k: sampled.append(1))
+
+    def graph(consumer):
+        return {"7": {"class_type": "EMO_Sampler", "inputs": {}},
+                "8": {"class_type": consumer, "inputs": {"samples" if consumer == "VAEDecode" else "latent": ["7", 0]}}}
+
+    with pytest.raises(errors.InsufficientMemoryError, match=r"VAE Decode.*EMO Save Video \(Streaming\)"):
+        run("EMO_Sampler", **inputs, prompt=graph("VAEDecode"), unique_id="7")
+    assert sampled == []  # failed before any sampling
+    run("EMO_Sampler", **inputs, prompt=graph("EMO_SaveVideo"), unique_id="7")
+    assert sampled == [1]
+
+
+def test_audio_node_fails_early_when_the_features_would_not_fit(env, monkeypatch):
+    (model,) = run("EMO_ModelLoader", model_name="tiny_emo.safetensors", precision="fp32")
+    (encoder,) = run("EMO_AudioEncoderLoader", encoder_name="wav2vec2-tiny")
+    monkeypatch.delenv("EMO_SKIP_MEMORY_CHECK", raising=False)
+    monkeypatch.setattr(pack.emo_core.memory, "available_host_bytes", lambda: 1024)
+    with pytest.raises(errors.InsufficientMemoryError, match=r"1 s of audio \(25 frames at 25 fps\).*split"):
+        run("EMO_AudioFeatures", emo_model=model, audio_encoder=encoder,
+            audio=load_audio("speech_en_16k_mono.wav", 1.0), fps=25.0)

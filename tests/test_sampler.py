@@ -145,6 +145,32 @@ def test_audio_or_speed_shorter_than_the_video_is_refused(net):
         generate(net, v, FAST)
 
 
+@pytest.mark.parametrize("frames,padded", [(7, 8), (6, 5)])
+def test_audio_features_are_windowed_per_clip_with_the_same_result(net, frames, padded):
+    """AudioFeatures in VideoConditions: windows cut clip by clip (never the whole video), same latents
+    as the whole windowed tensor, also when the features are shorter than the video."""
+    from emo_core.audio import AudioFeatures
+
+    ap = net.config.audio_projection
+    hidden = torch.randn(padded, ap.blocks, ap.channels, generator=torch.Generator().manual_seed(5))
+    feats = AudioFeatures(hidden, num_frames=frames, fps=25.0, duration=frames / 25, window=ap.window)
+    cut = []
+
+    class Recording(AudioFeatures):
+        def windowed(self, start=0, stop=None):
+            out = super().windowed(start, stop)
+            cut.append(out.shape[0])
+            return out
+
+    whole = video(net, frames)
+    whole.audio = feats.windowed()
+    per_clip = video(net, frames)
+    per_clip.audio = Recording(hidden, frames, 25.0, frames / 25, ap.window)
+    assert_close(generate(net, per_clip, FAST), generate(net, whole, FAST), atol=0, rtol=0)
+    clip = net.config.clip_length
+    assert len(cut) == -(-frames // clip) and max(cut) <= clip
+
+
 @pytest.mark.parametrize("name", list(SAMPLERS))
 def test_every_sampler_runs(net, name):
     out = generate(net, video(net, 5), SamplerSettings(steps=3, sampler=name, seed=1))
