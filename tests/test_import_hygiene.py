@@ -35,3 +35,16 @@ def test_importing_the_package_root_is_light():
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+def test_root_init_imports_as_a_bare_module():
+    """pytest imports the checkout's __init__.py as a bare top-level module when the folder's name is no
+    Python name (a clone called ComfyUI-EMO); that must not fail, or every test errors at setup."""
+    import importlib.util
+
+    from conftest import ROOT
+
+    spec = importlib.util.spec_from_file_location("__init__", ROOT / "__init__.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    assert module.WEB_DIRECTORY == "./web"
