@@ -199,8 +199,13 @@ def test_features_and_speed_that_do_not_fit_the_video_are_refused(env):
     and a driving video shorter than the audio: one sentence naming the lengths and what to do."""
     import dataclasses
 
+    from emo_core.checkpoint import save_native
+    from emo_core.network import EmoNet
+
     (emo,) = run("EMO_ModelLoader", model_name="tiny_emo.safetensors", precision="fp32")
-    (hallo,) = run("EMO_ModelLoader", model_name="hallo_tiny.safetensors", precision="fp32")
+    longer = dataclasses.replace(emo.config, clip_length=emo.config.clip_length + 2)
+    save_native(EmoNet(longer).eval(), str(env / "emo" / "tiny_emo_longer_clips.safetensors"))
+    (other_model,) = run("EMO_ModelLoader", model_name="tiny_emo_longer_clips.safetensors", precision="fp32")
     (encoder,) = run("EMO_AudioEncoderLoader", encoder_name="wav2vec2-tiny")
     portrait = load_image("portrait_astronaut_512.png", 64)
     (reference,) = run("EMO_ReferenceEncode", emo_model=emo, vae=TinyVAE(), image=portrait)
@@ -208,8 +213,7 @@ def test_features_and_speed_that_do_not_fit_the_video_are_refused(env):
     audio = load_audio("speech_en_16k_mono.wav", 0.5)
     sample = dict(emo_model=emo, reference=reference, face_region=region, seed=0, steps=1, cfg=3.5,
                   sampler_name="ddim")
-    other, _, _ = run("EMO_AudioFeatures", emo_model=hallo, audio_encoder=encoder, audio=audio, fps=25.0)
-    assert (hallo.config.clip_length, hallo.config.motion_frames) != (emo.config.clip_length, emo.config.motion_frames)
+    other, _, _ = run("EMO_AudioFeatures", emo_model=other_model, audio_encoder=encoder, audio=audio, fps=25.0)
     with pytest.raises(errors.InvalidInputError, match="re-run EMO Audio Features with the same EMO Model Loader"):
         run("EMO_Sampler", audio_features=other, **sample)
 
