@@ -435,6 +435,8 @@ def frontend(request, tmp_path_factory):
         server = Comfy(base, args)
     try:
         server.wait_ready()
+        # Endpoints a newer frontend calls and this server lacks answer 404; the pinned one must need none.
+        routes = None if request.param is None else server.get("/emo_frontend_e2e/routes")
         script, out = base / "drive.js", base / "frontend.json"
         script.write_text(DRIVER)
         shots = ""  # EMO_SCREENSHOTS=DIR keeps a screenshot of each workflow as it opens and after the run
@@ -451,10 +453,8 @@ def frontend(request, tmp_path_factory):
             seen = [*record["startup"].get("logs", []), *(e for w in record.get("workflows", {}).values()
                                                           for e in w["logs"])]
             pytest.fail(f"the browser script failed at '{record['step']}':\n{proc.stderr[-3000:]}\n"
-                        f"page errors: {_errors(seen)[:20]}\n{server.tail(2000)}")
-        record["pinned"] = request.param is None
-        # Endpoints a newer frontend calls and this server lacks answer 404; the pinned one must need none.
-        record["routes"] = None if record["pinned"] else server.get("/emo_frontend_e2e/routes")
+                        f"page errors: {_errors(seen, routes)[:20]}\n{server.tail(2000)}")
+        record["pinned"], record["routes"] = request.param is None, routes
         record["object_info"] = server.get("/object_info")
         record["placeholders"] = server.get("/emo_frontend_e2e/placeholders")
         yield record
