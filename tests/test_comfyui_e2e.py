@@ -152,7 +152,7 @@ def install_models(models: Path) -> bool:
 class Comfy:
     """A ComfyUI server process in its own base directory, and the few HTTP calls the tests make."""
 
-    def __init__(self, base: Path):
+    def __init__(self, base: Path, args: tuple[str, ...] = ()):
         self.base, self.log = base, base / "comfyui.log"
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
@@ -162,6 +162,7 @@ class Comfy:
                "--disable-auto-launch", "--base-directory", str(base), "--preview-method", "latent2rgb"]
         if "--database-url" in (Path(COMFYUI_DIR) / "comfy" / "cli_args.py").read_text(encoding="utf-8"):
             cmd += ["--database-url", "sqlite:///:memory:"]  # not the checkout's user/comfyui.db
+        cmd += args
         env = {**os.environ, "EMO_MEDIAPIPE_MODELS": os.environ["EMO_MEDIAPIPE_MODELS"]}
         with open(self.log, "wb") as out:
             self.proc = subprocess.Popen(cmd, cwd=COMFYUI_DIR, stdout=out, stderr=subprocess.STDOUT, env=env)

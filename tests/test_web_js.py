@@ -12,7 +12,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 WEB = ROOT / "web"
 JS_TESTS = ROOT / "tests" / "js"
-COMFY_MODULES = {"../../scripts/app.js", "../../scripts/widgets.js"}
+# The frontend's public modules. Newer frontends (1.58) print "an internal module, not part of the public API"
+# for every other scripts/*.js an extension imports (widgets.js, domWidget.js, ...).
+COMFY_MODULES = {"../../scripts/app.js", "../../scripts/api.js"}
 
 _BLOCK_COMMENT = re.compile(r"/\*.*?\*/", re.S)
 _LINE_COMMENT = re.compile(r"^\s*//.*$", re.M)
@@ -64,7 +66,8 @@ def test_web_js_unit_tests_pass():
 
 def test_web_has_extension_files():
     names = {p.name for p in _web_js_files()}
-    assert {"emo_format.js", "emo_hooks.js", "emo_audio_info.js", "emo_face_preview.js"} <= names
+    assert {"emo_format.js", "emo_hooks.js", "emo_audio_info.js", "emo_face_preview.js",
+            "emo_sampler_progress.js"} <= names
 
 
 @pytest.mark.parametrize("path", _web_js_files(), ids=lambda p: p.relative_to(WEB).as_posix())
@@ -73,6 +76,7 @@ def test_web_js_imports_only_comfyui_and_local_files(path):
     for spec in _imports(path):
         if spec in COMFY_MODULES:
             continue
+        assert not spec.startswith("../../scripts/"), f"{path.name}: {spec!r} is not a public frontend module"
         assert spec.startswith(("./", "../")), f"{path.name}: bare import {spec!r} (no npm packages in web/)"
         target = (path.parent / spec).resolve()
         assert target.is_relative_to(WEB.resolve()), f"{path.name}: {spec!r} points outside web/"

@@ -172,6 +172,45 @@ def test_ui_workflow_is_the_frontend_format(name):
         assert not note["inputs"] and not note["outputs"] and len(note["widgets_values"]) == 1
 
 
+# LiteGraph draws a node's title bar above its pos (LiteGraph.NODE_TITLE_HEIGHT) and a group's title bar at the
+# top of its bounding box, font_size * 1.4 high (LGraphGroup; font_size 24 unless the group sets one).
+NODE_TITLE_HEIGHT = 30
+
+
+def _overlap(a, b) -> bool:
+    """Whether two [x, y, width, height] rectangles share an area (touching edges do not)."""
+    return a[0] < b[0] + b[2] and b[0] < a[0] + a[2] and a[1] < b[1] + b[3] and b[1] < a[1] + a[3]
+
+
+def _inside(inner, outer) -> bool:
+    return (outer[0] <= inner[0] and inner[0] + inner[2] <= outer[0] + outer[2]
+            and outer[1] <= inner[1] and inner[1] + inner[3] <= outer[1] + outer[3])
+
+
+def _node_box(node) -> list[float]:
+    (x, y), (w, h) = node["pos"], node["size"]
+    return [x, y - NODE_TITLE_HEIGHT, w, h + NODE_TITLE_HEIGHT]
+
+
+def test_layout_groups_apart_titles_visible_nodes_within_groups(name):
+    """The layout reads well: no two groups overlap, no node covers a group's title, and each node lies
+    wholly inside a group or wholly outside it (none straddles a group's edge)."""
+    ui = load_ui(name)
+    groups = ui["groups"]
+    for i, a in enumerate(groups):
+        for b in groups[i + 1:]:
+            assert not _overlap(a["bounding"], b["bounding"]), (
+                f"{name}: groups {a['title']!r} {a['bounding']} and {b['title']!r} {b['bounding']} overlap")
+    for group in groups:
+        x, y, w, _ = group["bounding"]
+        title_bar = [x, y, w, group.get("font_size", 24) * 1.4]
+        for node in ui["nodes"]:
+            box, where = _node_box(node), f"{name}: node {node['id']} ({node['type']}) at {node['pos']}"
+            assert not _overlap(box, title_bar), f"{where} covers the title of group {group['title']!r}"
+            assert _inside(box, group["bounding"]) or not _overlap(box, group["bounding"]), (
+                f"{where} straddles the edge of group {group['title']!r} {group['bounding']}")
+
+
 def test_every_node_is_ours_or_a_known_core_node(name):
     for node in graph_nodes(load_ui(name)):
         assert node["type"] in SCHEMAS, f"{name}: node {node['id']} has unknown type {node['type']}"

@@ -110,27 +110,30 @@ function formatSource(source) {
   return source.trim().slice(0, 32);
 }
 
-/** "face box 120,80 – 392,400 (272×320) in 512×512 · MediaPipe"; "" when nothing usable. */
+/**
+ * Two lines, so that a narrow node shows them whole: "face box 120,80 – 392,400 (272×320)" and
+ * "image 512×512 · MediaPipe" (the frame count too, for several frames); "" when nothing usable.
+ */
 export function formatFaceInfo(info) {
   if (!isPlainObject(info)) return "";
-  const parts = [];
+  const details = [];
   const box = parseBox(info.box);
   const width = count(info.width);
   const height = count(info.height);
-  const image = width && height ? `${formatNumber(width, 0)}${TIMES}${formatNumber(height, 0)}` : "";
+  if (width && height) details.push(`image ${formatNumber(width, 0)}${TIMES}${formatNumber(height, 0)}`);
+  const frames = count(info.frames);
+  if (frames !== null && frames > 1) details.push(plural(frames, "frame"));
+  const source = formatSource(info.source);
+  if (source) details.push(source);
 
+  const lines = [];
   if (box) {
     const [x0, y0, x1, y1] = box;
     const size = x1 > x0 && y1 > y0 ? ` (${x1 - x0}${TIMES}${y1 - y0})` : " (empty)";
-    parts.push(`face box ${x0},${y0} \u2013 ${x1},${y1}${size}${image ? ` in ${image}` : ""}`);
-  } else if (image) {
-    parts.push(`image ${image}`);
+    lines.push(`face box ${x0},${y0} \u2013 ${x1},${y1}${size}`);
   }
-  const frames = count(info.frames);
-  if (frames !== null && frames > 1) parts.push(plural(frames, "frame"));
-  const source = formatSource(info.source);
-  if (source) parts.push(source);
-  return parts.join(SEP);
+  if (details.length) lines.push(details.join(SEP));
+  return lines.join("\n");
 }
 
 function describeEach(message, key, formatEntry) {
@@ -147,22 +150,38 @@ export function describeAudio(message) {
     [formatAudioInfo(info), formatAudioSource(info)].filter(Boolean).join("\n"));
 }
 
-/** The face-locator node's text for one `executed` message: one line per entry; "" when none. */
+/** The face-locator node's text for one `executed` message: one or two lines per entry; "" when none. */
 export function describeFace(message) {
   return describeEach(message, FACE_KEY, formatFaceInfo);
 }
 
 /**
  * The node size after adding a widget: grown to `needed`, never shrunk below what the user set.
+ * A size is anything indexable with two finite numbers: an array, a typed array, or the Proxy around one that
+ * newer frontends (1.58) hand out as node.size (Array.isArray and ArrayBuffer.isView are false for it, and a
+ * typed array's length getter throws through it, so only [0] and [1] are read).
  * Returns null when neither size is usable.
  */
 export function fitSize(current, needed) {
-  const pair = (s) => (Array.isArray(s) || ArrayBuffer.isView(s)) && s.length >= 2
-    && finite(s[0]) !== null && finite(s[1]) !== null ? [s[0], s[1]] : null;
+  const pair = (s) => s !== null && typeof s === "object" && finite(s[0]) !== null && finite(s[1]) !== null
+    ? [s[0], s[1]] : null;
   const a = pair(current);
   const b = pair(needed);
   if (!a && !b) return null;
   if (!a) return b;
   if (!b) return a;
   return [Math.max(a[0], b[0]), Math.max(a[1], b[1])];
+}
+
+/** "clip 2 of 5 · step 3/20" from an `emo.progress` message's data; "" when it has no usable clip count. */
+export function formatProgress(data) {
+  if (!isPlainObject(data)) return "";
+  const clip = count(data.clip);
+  const clips = count(data.clips);
+  if (clip === null || clips === null || clips < 1) return "";
+  let text = `clip ${formatNumber(clip, 0)} of ${formatNumber(clips, 0)}`;
+  const step = count(data.step);
+  const steps = count(data.steps);
+  if (step !== null && steps !== null && steps > 0) text += `${SEP}step ${formatNumber(step, 0)}/${formatNumber(steps, 0)}`;
+  return text;
 }

@@ -4,8 +4,9 @@ import { describe, test } from "node:test";
 
 import {
   AUDIO_KEY, FACE_KEY, MAX_ENTRIES, describeAudio, describeFace, fitSize, formatAudioInfo, formatAudioSource,
-  formatFaceInfo, formatNumber, parseUiEntries, parseUiMessage,
+  formatFaceInfo, formatNumber, formatProgress, parseUiEntries, parseUiMessage,
 } from "../../web/emo_format.js";
+import { proxiedSize } from "./fake_comfy.mjs";
 
 const AUDIO = {
   duration: 12.34, frames: 309, fps: 25.0, clips: 20, clip_length: 16, motion_frames: 2,
@@ -95,12 +96,12 @@ describe("formatAudioSource", () => {
 });
 
 describe("formatFaceInfo", () => {
-  test("formats box, size, image and source", () => {
-    assert.equal(formatFaceInfo(FACE), "face box 120,80 \u2013 392,400 (272\u00d7320) in 512\u00d7512 \u00b7 MediaPipe");
+  test("formats box and size on one line, image and source on the next (a narrow node shows both whole)", () => {
+    assert.equal(formatFaceInfo(FACE), "face box 120,80 \u2013 392,400 (272\u00d7320)\nimage 512\u00d7512 \u00b7 MediaPipe");
   });
   test("shows the frame count for several frames and the mask source", () => {
     assert.equal(formatFaceInfo({ ...FACE, frames: 25, source: "mask" }),
-      "face box 120,80 \u2013 392,400 (272\u00d7320) in 512\u00d7512 \u00b7 25 frames \u00b7 from mask");
+      "face box 120,80 \u2013 392,400 (272\u00d7320)\nimage 512\u00d7512 \u00b7 25 frames \u00b7 from mask");
   });
   test("rounds fractional boxes and marks empty ones", () => {
     assert.equal(formatFaceInfo({ box: [10.4, 20.6, 100.5, 200] }), "face box 10,21 \u2013 101,200 (91\u00d7179)");
@@ -158,9 +159,33 @@ describe("fitSize", () => {
   test("accepts typed arrays, as LiteGraph keeps node sizes", () => {
     assert.deepEqual(fitSize(new Float32Array([300, 100]), [310, 90]), [310, 100]);
   });
+  test("accepts the Proxy that frontend 1.58 hands out as node.size, and never shrinks it", () => {
+    assert.deepEqual(fitSize(proxiedSize(300, 212), [212, 100]), [300, 212]);
+    assert.deepEqual(fitSize([212, 100], proxiedSize(300, 90)), [300, 100]);
+  });
+  test("ignores strings, short lists and non-finite entries", () => {
+    assert.deepEqual(fitSize("30", [1, 2]), [1, 2]);
+    assert.deepEqual(fitSize([5], [1, 2]), [1, 2]);
+    assert.deepEqual(fitSize({ 0: 1, 1: Infinity }, [1, 2]), [1, 2]);
+  });
   test("falls back to whichever size is usable", () => {
     assert.deepEqual(fitSize(undefined, [400, 180]), [400, 180]);
     assert.deepEqual(fitSize([300, 100], [NaN, 1]), [300, 100]);
     assert.equal(fitSize(null, "x"), null);
+  });
+});
+
+describe("formatProgress", () => {
+  test("clip i of N and the step", () => {
+    assert.equal(formatProgress({ clip: 2, clips: 5, step: 3, steps: 20 }), "clip 2 of 5 \u00b7 step 3/20");
+  });
+  test("the clip alone when the step is missing or odd", () => {
+    assert.equal(formatProgress({ clip: 1, clips: 1 }), "clip 1 of 1");
+    assert.equal(formatProgress({ clip: 1, clips: 4, step: "3", steps: 0 }), "clip 1 of 4");
+  });
+  test("nothing without a usable clip count", () => {
+    for (const data of [null, undefined, "x", [], {}, { clip: 1 }, { clip: 1, clips: 0 }, { clip: -1, clips: 3 }]) {
+      assert.equal(formatProgress(data), "", JSON.stringify(data));
+    }
   });
 });

@@ -6,23 +6,19 @@ import * as nodeModule from "node:module";
 import { readdirSync } from "node:fs";
 import { before, describe, test } from "node:test";
 
-import { FakeNode, makeNodeType, makeTextWidget, promptInputs, workflowWidgetValues } from "./fake_comfy.mjs";
+import { FakeApi, FakeNode, fakeDocument, makeNodeType, promptInputs, workflowWidgetValues } from "./fake_comfy.mjs";
 
 const WEB = new URL("../../web/", import.meta.url);
 const canRegister = typeof nodeModule.register === "function";
 const skip = canRegister ? false : "needs node:module register (Node.js 18.19+ or 20.6+)";
 
 const registered = [];
-const widgetCalls = [];
+const graph = { nodes: [] };
 globalThis.__EMO_COMFY_STUB__ = {
-  app: { registerExtension: (extension) => registered.push(extension) },
-  ComfyWidgets: {
-    STRING(node, name, spec, app) {
-      widgetCalls.push({ name, spec, app });
-      return { widget: makeTextWidget(node, name), minWidth: 400, minHeight: 200 };
-    },
-  },
+  app: { registerExtension: (extension) => registered.push(extension), graph },
+  api: new FakeApi(),
 };
+globalThis.document ??= fakeDocument; // the text boxes are <textarea> elements
 
 const byName = () => Object.fromEntries(registered.map((e) => [e.name, e]));
 
@@ -37,8 +33,20 @@ describe("web/ extension files", { skip }, () => {
     }
   });
 
-  test("registers EMO.AudioInfo and EMO.FacePreview, nothing else", () => {
-    assert.deepEqual(registered.map((e) => e.name).sort(), ["EMO.AudioInfo", "EMO.FacePreview"]);
+  test("registers EMO.AudioInfo, EMO.FacePreview and EMO.SamplerProgress, nothing else", () => {
+    assert.deepEqual(registered.map((e) => e.name).sort(), ["EMO.AudioInfo", "EMO.FacePreview", "EMO.SamplerProgress"]);
+  });
+
+  test("EMO.SamplerProgress listens to emo.progress at setup and shows it on the sampler", async () => {
+    const { "EMO.SamplerProgress": progress } = byName();
+    const { app, api } = globalThis.__EMO_COMFY_STUB__;
+    assert.equal(api.listeners["emo.progress"], undefined);
+    await progress.setup(app);
+    assert.equal(api.listeners["emo.progress"].length, 1);
+    const sampler = Object.assign(new FakeNode(), { id: 4, type: "EMO_Sampler", comfyClass: "EMO_Sampler" });
+    graph.nodes.push(sampler);
+    api.emit("emo.progress", { clip: 1, clips: 3, step: 2, steps: 25, node: "4", prompt_id: "p" });
+    assert.equal(sampler.widgets.find((w) => w.name === "emo_progress").value, "clip 1 of 3 \u00b7 step 2/25");
   });
 
   test("hooks only the node each extension is for", async () => {
@@ -54,7 +62,7 @@ describe("web/ extension files", { skip }, () => {
     assert.equal(typeof audioType.prototype.onExecuted, "function");
   });
 
-  test("the audio node shows its info in one read-only, unserialised STRING widget", async () => {
+  test("the audio node shows its info in one read-only, unserialised text box", async () => {
     const { "EMO.AudioInfo": audio } = byName();
     const app = globalThis.__EMO_COMFY_STUB__.app;
     let previousCalls = 0;
@@ -63,14 +71,15 @@ describe("web/ extension files", { skip }, () => {
     await audio.beforeRegisterNodeDef(nodeType, { name: "EMO_AudioFeatures" }, app);
     const node = new nodeType();
     const before = { workflow: workflowWidgetValues(node), prompt: promptInputs(node) };
-    widgetCalls.length = 0;
     const message = { emo_audio: [{ duration: 12.34, frames: 309, fps: 25, clips: 20, clip_length: 16,
       motion_frames: 2 }] };
     assert.equal(node.onExecuted(message), "kept");
     assert.equal(node.onExecuted(message), "kept");
     assert.equal(previousCalls, 2);
-    assert.deepEqual(widgetCalls, [{ name: "emo_audio_info", spec: ["STRING", { multiline: true }], app }]);
-    const widget = node.widgets.find((w) => w.name === "emo_audio_info");
+    const widgets = node.widgets.filter((w) => w.name === "emo_audio_info");
+    assert.equal(widgets.length, 1);
+    const widget = widgets[0];
+    assert.equal(widget.element.tagName, "textarea");
     assert.equal(widget.value, "12.34 s \u00b7 309 frames @ 25 fps \u00b7 20 clips of 16 (2 motion)");
     assert.equal(widget.element.readOnly, true);
     assert.deepEqual({ workflow: workflowWidgetValues(node), prompt: promptInputs(node) }, before);
@@ -84,6 +93,6 @@ describe("web/ extension files", { skip }, () => {
     node.onExecuted({ images: [{ filename: "f.png", subfolder: "", type: "temp" }],
       emo_face: [{ box: [0, 0, 64, 80], width: 128, height: 128, frames: 1, source: "mask" }] });
     assert.equal(node.widgets.find((w) => w.name === "emo_face_info").value,
-      "face box 0,0 \u2013 64,80 (64\u00d780) in 128\u00d7128 \u00b7 from mask");
+      "face box 0,0 \u2013 64,80 (64\u00d780)\nimage 128\u00d7128 \u00b7 from mask");
   });
 });

@@ -2,9 +2,11 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 
-import { AUDIO_INFO, FACE_INFO, comfyDeps, installInfoDisplay, prepareInfoWidget, showInfo } from "../../web/emo_hooks.js";
+import { AUDIO_INFO, FACE_INFO, PROGRESS_INFO, addTextBox, comfyDeps, findNode, installInfoDisplay,
+  installProgressDisplay, prepareInfoWidget, showInfo, textLines } from "../../web/emo_hooks.js";
 import { formatFaceInfo } from "../../web/emo_format.js";
-import { FakeNode, makeNodeType, makeTextWidget, promptInputs, testDeps, workflowWidgetValues } from "./fake_comfy.mjs";
+import { FakeApi, FakeNode, fakeDocument, makeNodeType, promptInputs, proxiedSize, testDeps,
+  workflowWidgetValues } from "./fake_comfy.mjs";
 
 const AUDIO_MESSAGE = {
   emo_audio: [{ duration: 12.34, frames: 309, fps: 25, clips: 20, clip_length: 16, motion_frames: 2,
@@ -141,7 +143,7 @@ describe("installInfoDisplay", () => {
     const { node } = installed(FACE_INFO);
     node.onExecuted(FACE_MESSAGE);
     assert.equal(infoWidgets(node, FACE_INFO)[0].value,
-      "face box 120,80 \u2013 392,400 (272\u00d7320) in 512\u00d7512 \u00b7 MediaPipe");
+      "face box 120,80 \u2013 392,400 (272\u00d7320)\nimage 512\u00d7512 \u00b7 MediaPipe");
   });
 });
 
@@ -191,7 +193,32 @@ describe("sizing", () => {
     const { node } = installed();
     node.size = new Float32Array([700, 500]);
     node.onExecuted(AUDIO_MESSAGE);
-    assert.deepEqual(node.sizes, [[700, 500]]);
+    assert.deepEqual(node.sizes, []);
+    assert.deepEqual([...node.size], [700, 500]);
+  });
+
+  test("never shrinks a node whose size is the Proxy of frontend 1.58", () => {
+    const { node } = installed();
+    node.size = proxiedSize(300, 106);
+    node.needed = [212, 180]; // narrower than the node: the Audio Features node went 300 -> 212 px
+    node.onExecuted(AUDIO_MESSAGE);
+    assert.deepEqual(node.sizes, [[300, 180]]);
+  });
+
+  test("grows the node to the text's width (deps.textSize) when the text is wider than the widgets", () => {
+    const { node } = installed(AUDIO_INFO, testDeps({ textSize: () => [520, 60] }));
+    node.onExecuted(AUDIO_MESSAGE);
+    assert.deepEqual(node.sizes, [[520, 180]]);
+  });
+
+  test("grows again when a later run's text needs more room, and only then", () => {
+    let width = 450;
+    const { node } = installed(AUDIO_INFO, testDeps({ textSize: () => [width, 60] }));
+    node.onExecuted(AUDIO_MESSAGE);
+    width = 640;
+    node.onExecuted({ emo_audio: [{ duration: 99 }, { duration: 98 }] });
+    node.onExecuted({ emo_audio: [{ duration: 99 }, { duration: 98 }] });
+    assert.deepEqual(node.sizes, [[450, 180], [640, 180]]);
   });
 
   test("runs the resize through deps.schedule (after layout)", () => {
@@ -212,26 +239,39 @@ describe("sizing", () => {
 });
 
 describe("comfyDeps", () => {
-  test("makes a multiline STRING widget through ComfyWidgets", () => {
-    const calls = [];
-    const app = { name: "app" };
-    const ComfyWidgets = {
-      STRING(node, name, spec, appArg) {
-        calls.push({ name, spec, appArg });
-        return { widget: makeTextWidget(node, name), minWidth: 400, minHeight: 200 };
-      },
-    };
+  test("makes a read-only text box through node.addDOMWidget (public), not ComfyWidgets (internal)", () => {
     const node = new FakeNode();
-    const widget = comfyDeps(app, ComfyWidgets).createTextWidget(node, "emo_audio_info");
-    assert.deepEqual(calls, [{ name: "emo_audio_info", spec: ["STRING", { multiline: true }], appArg: app }]);
+    const widget = comfyDeps({}, fakeDocument).createTextWidget(node, "emo_audio_info");
     assert.equal(node.widgets.at(-1), widget);
+    assert.equal(widget.element.tagName, "textarea");
+    assert.equal(widget.element.readOnly, true);
+    assert.equal(widget.options.serialize, false);
+    widget.value = "two\nlines";
+    assert.equal(widget.element.value, "two\nlines");
+    assert.equal(widget.options.getMinHeight(), widget.options.getMaxHeight());
+    assert.ok(widget.options.getMinHeight() > textLines("one").rows * 16);
   });
 
-  test("falls back to a canvas text widget without ComfyWidgets", () => {
+  test("falls back to a canvas text widget without addDOMWidget or without a document", () => {
+    const plain = new FakeNode();
+    plain.addDOMWidget = undefined;
+    for (const [node, doc] of [[plain, fakeDocument], [new FakeNode(), undefined]]) {
+      const widget = comfyDeps({}, doc).createTextWidget(node, "emo_face_info");
+      assert.equal(widget.type, "text");
+      assert.equal(widget.options.serialize, false);
+    }
+    assert.equal(addTextBox(plain, "x", fakeDocument), null);
+  });
+
+  test("measures the text without a canvas context by its longest line", () => {
     const node = new FakeNode();
-    const widget = comfyDeps({}, undefined).createTextWidget(node, "emo_face_info");
-    assert.equal(widget.type, "text");
-    assert.equal(widget.options.serialize, false);
+    const deps = comfyDeps({}, fakeDocument);
+    const widget = deps.createTextWidget(node, "emo_audio_info");
+    widget.value = "short\na much longer second line";
+    const [width, height] = deps.textSize(widget);
+    widget.value = "short";
+    const [narrow, low] = deps.textSize(widget);
+    assert.ok(width > narrow && height > low, `${width}x${height} vs ${narrow}x${low}`);
   });
 
   test("schedules with requestAnimationFrame when there is one", () => {
@@ -239,12 +279,77 @@ describe("comfyDeps", () => {
     globalThis.requestAnimationFrame = (fn) => queued.push(fn);
     try {
       let ran = false;
-      comfyDeps({}, {}).schedule(() => { ran = true; });
+      comfyDeps({}, fakeDocument).schedule(() => { ran = true; });
       assert.equal(ran, false);
       queued[0]();
       assert.equal(ran, true);
     } finally {
       delete globalThis.requestAnimationFrame;
     }
+  });
+
+  test("findNode matches numeric and string ids (frontend 1.27 and 1.58 graphs)", () => {
+    const a = { id: 12 };
+    const b = { id: "13" };
+    const graph = { nodes: [a, b] };
+    assert.equal(findNode(graph, "12"), a);
+    assert.equal(findNode(graph, 13), b);
+    assert.equal(findNode(graph, "14"), null);
+    assert.equal(findNode(undefined, "12"), null);
+    assert.equal(comfyDeps({ graph }, fakeDocument).findNode("12"), a);
+  });
+});
+
+describe("installProgressDisplay", () => {
+  const PROGRESS = { clip: 2, clips: 5, step: 3, steps: 20, node: "12", prompt_id: "p" };
+
+  function setup() {
+    const api = new FakeApi();
+    const sampler = Object.assign(new FakeNode(), { id: 12, comfyClass: "EMO_Sampler", type: "EMO_Sampler" });
+    const other = Object.assign(new FakeNode(), { id: 7, comfyClass: "KSampler", type: "KSampler" });
+    const graph = { nodes: [other, sampler] };
+    const deps = testDeps({ findNode: (id) => findNode(graph, id) });
+    installProgressDisplay(api, deps);
+    return { api, sampler, other, deps };
+  }
+
+  test("handles emo.progress (the frontend then no longer reports an unknown message type)", () => {
+    const { api } = setup();
+    assert.deepEqual(Object.keys(api.listeners), [PROGRESS_INFO.event]);
+    assert.equal(PROGRESS_INFO.event, "emo.progress");
+  });
+
+  test("shows clip i of N and the step on the sampler the message names, updating one widget", () => {
+    const { api, sampler } = setup();
+    api.emit("emo.progress", PROGRESS);
+    api.emit("emo.progress", { ...PROGRESS, clip: 3, step: 1 });
+    const widgets = sampler.widgets.filter((w) => w.name === PROGRESS_INFO.widgetName);
+    assert.equal(widgets.length, 1);
+    assert.equal(widgets[0].value, "clip 3 of 5 \u00b7 step 1/20");
+  });
+
+  test("the progress text is display only: workflow and prompt unchanged", () => {
+    const { api, sampler } = setup();
+    const before = [workflowWidgetValues(sampler), promptInputs(sampler)];
+    api.emit("emo.progress", PROGRESS);
+    assert.deepEqual([workflowWidgetValues(sampler), promptInputs(sampler)], before);
+  });
+
+  test("ignores messages for other nodes, unknown nodes and malformed data", () => {
+    const { api, sampler, other, deps } = setup();
+    for (const detail of [{ ...PROGRESS, node: "7" }, { ...PROGRESS, node: "99" }, { node: "12" }, null, "x"]) {
+      api.emit("emo.progress", detail);
+    }
+    assert.equal(sampler.widgets.length, 1);
+    assert.equal(other.widgets.length, 1);
+    assert.deepEqual(deps.warnings, []);
+  });
+
+  test("a failure while showing is logged, never thrown", () => {
+    const api = new FakeApi();
+    const deps = testDeps({ findNode: () => { throw new Error("no graph"); } });
+    installProgressDisplay(api, deps);
+    api.emit("emo.progress", PROGRESS);
+    assert.equal(deps.warnings.length, 1);
   });
 });

@@ -1,8 +1,8 @@
-// Minimal stand-ins for the ComfyUI frontend objects the EMO web glue touches (LGraphNode, DOM text widget,
-// ComfyWidgets.STRING), plus the two serialisation rules of frontend 1.27 that decide what a saved workflow
-// and an API prompt contain. Test helper only: not a test file, not under web/.
+// Minimal stand-ins for the ComfyUI frontend objects the EMO web glue touches (LGraphNode with addDOMWidget,
+// a DOM text widget, document, the api's event target), plus the two serialisation rules of frontend 1.27
+// that decide what a saved workflow and an API prompt contain. Test helper only: not a test file, not under web/.
 
-/** A DOM textarea widget as ComfyWidgets.STRING(..., ["STRING", {multiline: true}]) returns it. */
+/** A DOM textarea widget as a multiline STRING widget of the frontend looks. */
 export function makeTextWidget(node, name) {
   const element = { value: "", placeholder: name, readOnly: false, style: {} };
   const widget = {
@@ -31,6 +31,16 @@ export class FakeNode {
   computeSize() { return [...this.needed]; }
   setSize(size) { this.size = new Float32Array(size); this.sizes.push([...size]); }
   setDirtyCanvas() { this.dirty += 1; }
+  /** LGraphNode.addDOMWidget as frontends 1.27 and 1.58 define it: value reads and writes through options. */
+  addDOMWidget(name, type, element, options = {}) {
+    const widget = {
+      name, type, element, options: { hideOnZoom: true, ...options },
+      get value() { return this.options.getValue?.() ?? ""; },
+      set value(v) { this.options.setValue?.(v); },
+    };
+    this.widgets.push(widget);
+    return widget;
+  }
   addWidget(type, name, value, callback, options) {
     const widget = { type, name, value, callback, options: options ?? {} };
     this.widgets.push(widget);
@@ -73,4 +83,26 @@ export function testDeps(overrides = {}) {
     warn: (...args) => warnings.push(args),
     ...overrides,
   };
+}
+
+/** document.createElement for a textarea (and a canvas without a 2D context, as in a test without DOM). */
+export const fakeDocument = {
+  created: [],
+  createElement(tag) {
+    const element = tag === "canvas" ? { getContext: () => null } : { tagName: tag, value: "", style: {} };
+    this.created.push(element);
+    return element;
+  },
+};
+
+/** The part of ComfyApi the progress display uses: an event target that remembers listeners per type. */
+export class FakeApi {
+  constructor() { this.listeners = {}; }
+  addEventListener(type, fn) { (this.listeners[type] ??= []).push(fn); }
+  emit(type, detail) { for (const fn of this.listeners[type] ?? []) fn({ type, detail }); }
+}
+
+/** The Proxy around node.size that frontend 1.58 hands out (a typed array's length getter throws through it). */
+export function proxiedSize(width, height) {
+  return new Proxy(new Float32Array([width, height]), {});
 }
