@@ -145,10 +145,10 @@ def test_audio_or_speed_shorter_than_the_video_is_refused(net):
         generate(net, v, FAST)
 
 
-@pytest.mark.parametrize("frames,padded", [(7, 8), (6, 5)])
+@pytest.mark.parametrize("frames,padded", [(7, 8), (5, 8)])
 def test_audio_features_are_windowed_per_clip_with_the_same_result(net, frames, padded):
     """AudioFeatures in VideoConditions: windows cut clip by clip (never the whole video), same latents
-    as the whole windowed tensor, also when the features are shorter than the video."""
+    as the whole windowed tensor; features shorter than the video are refused as a tensor would be."""
     from emo_core.audio import AudioFeatures
 
     ap = net.config.audio_projection
@@ -169,6 +169,10 @@ def test_audio_features_are_windowed_per_clip_with_the_same_result(net, frames, 
     assert_close(generate(net, per_clip, FAST), generate(net, whole, FAST), atol=0, rtol=0)
     clip = net.config.clip_length
     assert len(cut) == -(-frames // clip) and max(cut) <= clip
+    short = video(net, padded + 1)
+    short.audio = feats
+    with pytest.raises(InvalidInputError, match=f"audio features cover {padded} frames but the video has {padded + 1}"):
+        generate(net, short, FAST)
 
 
 @pytest.mark.parametrize("name", list(SAMPLERS))
