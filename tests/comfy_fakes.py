@@ -160,3 +160,17 @@ def fake_folder_paths(models_dir) -> types.ModuleType:
     fp.get_folder_paths, fp.get_full_path = get_folder_paths, get_full_path
     fp.get_temp_directory = lambda: os.path.join(str(models_dir), "..", "temp")
     return fp
+
+
+def tiny_onnx_embedder(path) -> None:
+    """A tiny ONNX file shaped like insightface's w600k_r50.onnx: (1, 3, 112, 112) -> (1, 512)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Flatten", ["x"], ["f"]), helper.make_node("ReduceMean", ["f"], ["m"], keepdims=1),
+         helper.make_node("Expand", ["m", "shape"], ["y"])], "tiny",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 112, 112])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 512])],
+        [helper.make_tensor("shape", TensorProto.INT64, [2], [1, 512])])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), str(path))

@@ -9,26 +9,13 @@ import sys
 import pytest
 import torch
 
-from comfy_fakes import fake_folder_paths
+from comfy_fakes import fake_folder_paths, tiny_onnx_embedder
 from conftest import load_pack, parity_dir, tiny_emo_config
 
 pack = load_pack()
 N = pack.NODE_CLASS_MAPPINGS
 errors = pack.emo_core.errors
 services = pack.nodes.comfy_services
-
-
-def _tiny_onnx(path):
-    import onnx
-    from onnx import TensorProto, helper
-
-    graph = helper.make_graph(
-        [helper.make_node("Flatten", ["x"], ["f"]), helper.make_node("ReduceMean", ["f"], ["m"], keepdims=1),
-         helper.make_node("Expand", ["m", "shape"], ["y"])], "tiny",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 112, 112])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 512])],
-        [helper.make_tensor("shape", TensorProto.INT64, [2], [1, 512])])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8), str(path))
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +35,8 @@ def tree(tmp_path_factory):
     shutil.copy(outside / "secret.safetensors", models / "emo" / "good.safetensors")
     shutil.copytree(parity_dir() / "wav2vec2", outside / "w2v")
     shutil.copytree(parity_dir() / "wav2vec2", models / "audio_encoders" / "w2v-good")
-    _tiny_onnx(outside / "secret.onnx")
-    _tiny_onnx(models / "insightface" / "good.onnx")
+    tiny_onnx_embedder(outside / "secret.onnx")
+    tiny_onnx_embedder(models / "insightface" / "good.onnx")
     (models / "emo" / "link.safetensors").symlink_to(outside / "secret.safetensors")
     (models / "audio_encoders" / "link-dir").symlink_to(outside / "w2v", target_is_directory=True)
     (models / "audio_encoders" / "link.safetensors").symlink_to(outside / "w2v" / "model.safetensors")

@@ -9,7 +9,7 @@ import shutil
 import pytest
 import torch
 
-from comfy_fakes import LowVramComfy, ManagedVAE, TinyVAE, load_audio, load_image
+from comfy_fakes import LowVramComfy, ManagedVAE, TinyVAE, load_audio, load_image, tiny_onnx_embedder
 from conftest import (load_pack, mediapipe_models_or_skip, parity_dir, shared_file, tiny_emo_config,
                       tiny_emo_config_for_fixture_audio, write_parity_checkpoint)
 
@@ -303,19 +303,9 @@ def test_speed_from_a_driving_video_recovers_a_known_head_roll(env):
 
 def test_face_embedder_loader_lists_both_insightface_folders(env, models_dir, tmp_path):
     """models/insightface/... (shared with other packs) and models/emo/insightface/ both appear and load."""
-    import onnx
-    from onnx import TensorProto, helper
-
-    graph = helper.make_graph(
-        [helper.make_node("Flatten", ["x"], ["f"]), helper.make_node("ReduceMean", ["f"], ["m"], keepdims=1),
-         helper.make_node("Expand", ["m", "shape"], ["y"])], "tiny",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 112, 112])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 512])],
-        [helper.make_tensor("shape", TensorProto.INT64, [2], [1, 512])])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8)
     for folder in ("insightface/models/buffalo_l", "emo/insightface"):
         (models_dir / folder).mkdir(parents=True, exist_ok=True)
-        onnx.save(model, str(models_dir / folder / "w600k_r50.onnx"))
+        tiny_onnx_embedder(models_dir / folder / "w600k_r50.onnx")
     names = N["EMO_FaceEmbedderLoader"].INPUT_TYPES()["required"]["model_name"][0]
     assert names == ["models/buffalo_l/w600k_r50.onnx", "w600k_r50.onnx"]
     for name in names:
