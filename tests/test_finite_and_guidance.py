@@ -80,14 +80,21 @@ def test_a_sampler_result_with_nan_is_an_error_not_a_black_video(net, monkeypatc
     frames = 4
     monkeypatch.setattr(pack.nodes.sampler, "generate",
                         lambda *a, **k: _spoil(torch.zeros(frames, 4, H, W), float("nan")))
-    model = types.SimpleNamespace(net=net, config=net.config, patcher=None, device=torch.device("cpu"))
-    reference = types.SimpleNamespace(model=model, latent=torch.zeros(4, H, W), identity=None, features=None)
-    feats = types.SimpleNamespace(windowed=lambda: torch.zeros(frames, 5, 3, 16), num_frames=frames, fps=25.0)
+    from emo_core.audio import AudioFeatures
+
+    handles, cfg = pack.nodes.handles, net.config
+    model = handles.EmoModel(net, "tiny.safetensors", torch.device("cpu"), torch.float32)
+    reference = handles.Reference(latent=torch.zeros(4, H, W), identity=None, features=None, model=model,
+                                  image_size=(H * 8, W * 8))
+    ap, clip = cfg.audio_projection, cfg.clip_length
+    hidden = torch.zeros(-(-frames // clip) * clip, ap.blocks, ap.channels)
+    feats = handles.AudioFeaturesHandle(AudioFeatures(hidden, frames, 25.0, frames / 25, ap.window), clip,
+                                        cfg.motion_frames)
     region = types.SimpleNamespace(region=types.SimpleNamespace(mask=torch.zeros(1, H * 8, W * 8),
                                                                 locator_input=torch.zeros(1, 1, H * 8, W * 8)),
                                    hallo_masks=None)
     with pytest.raises(errors.InvalidInputError, match="the sampled video holds non-finite .*fp32 or bf16"):
-        N["EMO_Sampler"]().sample(model, reference, types.SimpleNamespace(features=feats), region, 0, 1, 1.0, "ddim")
+        N["EMO_Sampler"]().sample(model, reference, feats, region, 0, 1, 1.0, "ddim")
 
 
 def _unet_batches(net, monkeypatch):
