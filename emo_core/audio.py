@@ -12,10 +12,13 @@ The last video frame covers the partial remainder of the audio; frames after `nu
 as padding and are trimmed by the sampler.
 
 Long audio runs in chunks (`chunk_seconds`, with `context_seconds` of audio each side) so memory stays
-bounded; audio no longer than one chunk takes the exact single-pass path above.
+bounded, and its features go to a temporary file as each chunk is made (frame_file.FrameFile): a 10-minute
+track's 600 MB of features cost no RAM. Audio no longer than one chunk takes the exact single-pass path above
+and keeps its features in memory.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass
@@ -25,11 +28,18 @@ import torch
 import torch.nn.functional as F
 
 from .errors import InvalidInputError, MissingDependencyError
+from .finite import require_finite
+from .frame_file import FrameFile
+from .memory import features_spill
 
 log = logging.getLogger(__name__)
 
 SAMPLE_RATE = 16000
-CNN_CHUNK_SECONDS = 10.0  # wav2vec2 CNN chunks for audio longer than one transformer chunk
+# The wav2vec2 CNN runs exactly in chunks of this much audio: its first layer's float64 GroupNorm is the largest
+# transient of the extraction (about 20 MB per second of audio), and a larger one also fragments the heap the
+# transformer chunks then allocate from (a 10 s chunk raised a 10-minute track's peak by 240 MB).
+CNN_CHUNK_SECONDS = 2.5
+RESAMPLE_BLOCK_SECONDS = 10.0  # input audio mixed down and resampled this much at a time
 
 
 @dataclass(frozen=True)
@@ -58,11 +68,12 @@ class AudioSettings:
 class AudioFeatures:
     """Per-frame wav2vec2 features of one audio track.
 
-    hidden: (padded_frames, layers, hidden) float32, padded to a whole number of clips.
+    hidden: (padded_frames, layers, hidden) float32, padded to a whole number of clips; a FrameFile on disk
+        for audio longer than one transformer chunk (AudioSettings.chunk_seconds), else a tensor.
     num_frames: the video's frame count, ceil(duration x fps). window: 2m+1.
     Windows are cut per clip on demand (5x smaller in memory than storing them).
     """
-    hidden: torch.Tensor
+    hidden: torch.Tensor | FrameFile
     num_frames: int
     fps: float
     duration: float
@@ -72,13 +83,36 @@ class AudioFeatures:
     def padded_frames(self) -> int:
         return self.hidden.shape[0]
 
+    def rows(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """The stored features of frames start..stop as a tensor (read from disk when spilled)."""
+        stop = self.padded_frames if stop is None else stop
+        if isinstance(self.hidden, FrameFile):
+            return self.hidden.read(start, stop)
+        return self.hidden[start:stop]
+
     def windowed(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
         """(stop - start, 2m+1, layers, hidden), clamped at the ends of the whole padded sequence."""
         stop = self.padded_frames if stop is None else stop
         if not 0 <= start < stop <= self.padded_frames:
             raise InvalidInputError(f"frame range [{start}, {stop}) outside 0..{self.padded_frames}")
         m, last = self.window // 2, self.padded_frames - 1
-        return self.hidden[(torch.arange(start, stop)[:, None] + torch.arange(-m, m + 1)).clamp(0, last)]
+        lo, hi = max(0, start - m), min(last, stop - 1 + m) + 1  # only the rows these windows reach
+        index = (torch.arange(start, stop)[:, None] + torch.arange(-m, m + 1)).clamp(0, last)
+        return self.rows(lo, hi)[index - lo]
+
+    def on_host(self) -> AudioFeatures:
+        """These features as float32 on the CPU (a spilled file already is)."""
+        if isinstance(self.hidden, FrameFile):
+            return self
+        return dataclasses.replace(self, hidden=self.hidden.float().cpu())
+
+    def require_finite(self, what: str, fix: str) -> None:
+        """InvalidInputError naming `what` when a stored value is NaN or infinite (a file is read in blocks)."""
+        if not isinstance(self.hidden, FrameFile):
+            require_finite(self.hidden, what, fix)
+            return
+        for _, block in self.hidden.blocks():
+            require_finite(block, what, fix)
 
 
 def frame_count(samples: int, fps: float, sample_rate: int = SAMPLE_RATE) -> int:
@@ -101,10 +135,41 @@ def to_mono_16k(audio: dict) -> torch.Tensor:
         raise InvalidInputError("the audio is empty (0 samples); connect a file with sound in it")
     if rate < 1000:
         raise InvalidInputError(f"audio sample rate {rate} Hz is not plausible; expected 8000 to 48000 Hz")
-    mono = _mix_down(wave[0])
-    if not torch.isfinite(mono).all():
-        raise InvalidInputError("the audio contains NaN or infinite samples; re-encode the file")
-    return resample(mono, rate, SAMPLE_RATE).to(torch.float32)
+    return _mono_16k_in_blocks(wave[0], rate)
+
+
+def _mono_16k_in_blocks(channels: torch.Tensor, rate: int) -> torch.Tensor:
+    """(C, T) at `rate` -> (samples,) float32 mono at 16 kHz, RESAMPLE_BLOCK_SECONDS of input at a time.
+
+    Each block is resampled with enough real samples either side for the filter to reach (_resample_reach),
+    so the kept outputs are the same sums as one pass over the whole track, while the float64 copies (8 bytes
+    per sample) and the resampler's buffers exist for one block, not for a 10-minute song (480 MB)."""
+    total = channels.shape[-1]
+    g = gcd(rate, SAMPLE_RATE)
+    up, down = SAMPLE_RATE // g, rate // g  # output rows `up` per `down` input samples: blocks align at `down`
+    n_out = -(-total * up // down)
+    block = down * max(1, int(RESAMPLE_BLOCK_SECONDS * rate) // down)
+    context = down * -(-_resample_reach(up, down) // down)
+    out = torch.empty(n_out, dtype=torch.float32)
+    for a in range(0, total, block):
+        b = min(total, a + block)
+        lo, hi = max(0, a - context), min(total, b + context)
+        mono = _mix_down(channels[:, lo:hi])
+        if not torch.isfinite(mono).all():
+            raise InvalidInputError("the audio contains NaN or infinite samples; re-encode the file")
+        first, last = a * up // down, (n_out if b == total else b * up // down)
+        offset = lo * up // down
+        out[first:last] = resample(mono, rate, SAMPLE_RATE)[first - offset:last - offset].to(torch.float32)
+    return out
+
+
+def _resample_reach(up: int, down: int) -> int:
+    """Input samples either side of an output that `resample` reads, for both back-ends, plus a margin:
+    scipy's resample_poly filter has 10 x max(up, down) taps each side at the upsampled rate; torchaudio's
+    sinc kernel (lowpass_filter_width 6, rolloff 0.99) spans `width + down` input samples after a position."""
+    scipy_reach = 10 * max(up, down) // up + 1
+    torchaudio_reach = math.ceil(6 * down / (0.99 * min(up, down))) + down
+    return max(scipy_reach, torchaudio_reach) + 2
 
 
 def _mix_down(channels: torch.Tensor) -> torch.Tensor:
@@ -150,39 +215,43 @@ def extract_audio_features(model, audio, settings: AudioSettings = AudioSettings
         raise InvalidInputError("the audio is empty (0 samples); connect a file with sound in it")
     if not torch.isfinite(wave).all():
         raise InvalidInputError("the audio contains NaN or infinite samples; re-encode the file")
-    frames = frame_count(wave.numel(), settings.fps)
+    samples, frames = wave.numel(), frame_count(wave.numel(), settings.fps)
     padded = math.ceil(frames / settings.clip_length) * settings.clip_length
     signal = F.pad(normalise(wave), (0, (padded - frames) * int(SAMPLE_RATE // settings.fps)))
+    del wave  # the padded signal replaces it: one 16 kHz copy of a long track during the encoding, not two
     hidden = _encode(model, signal, padded, settings)
-    log.info("audio features: %.2f s -> %d frames at %g fps (%d padded)", wave.numel() / SAMPLE_RATE, frames,
+    log.info("audio features: %.2f s -> %d frames at %g fps (%d padded)", samples / SAMPLE_RATE, frames,
              settings.fps, padded)
-    return AudioFeatures(hidden, frames, settings.fps, wave.numel() / SAMPLE_RATE, settings.window)
+    return AudioFeatures(hidden, frames, settings.fps, samples / SAMPLE_RATE, settings.window)
 
 
-def _encode(model, signal: torch.Tensor, frames: int, settings: AudioSettings) -> torch.Tensor:
+def _encode(model, signal: torch.Tensor, frames: int, settings: AudioSettings) -> torch.Tensor | FrameFile:
     """CNN exactly (in chunks), interpolation over the whole sequence, then the transformer: one exact
-    pass when the audio fits one chunk, else chunks of frames with `context_seconds` each side."""
-    from .wav2vec import cnn_features, encode_frames
+    pass when the audio fits one chunk, else chunks of frames with `context_seconds` each side, stored in a
+    FrameFile (float32) as they are made."""
+    from .wav2vec import cnn_features, cnn_length, cnn_stats, encode_frames
 
     chunk = max(1, int(settings.chunk_seconds * settings.fps))
-    if frames <= chunk:
-        cnn = cnn_features(model, signal, chunk_samples=int(settings.chunk_seconds * SAMPLE_RATE))
-        return encode_frames(model, cnn, frames)
-    # Long audio: the CNN (exact in chunks) runs on shorter chunks, since its first layer's float64
-    # GroupNorm over a chunk is the largest transient of the extraction (about 200 MB per 10 s).
-    cnn = cnn_features(model, signal, chunk_samples=int(CNN_CHUNK_SECONDS * SAMPLE_RATE))
+    cnn_chunk = int(CNN_CHUNK_SECONDS * SAMPLE_RATE)
+    if not features_spill(frames, settings.fps, settings.chunk_seconds):
+        return encode_frames(model, cnn_features(model, signal, cnn_chunk), frames)
+    # Long audio: the CNN runs only for the rows each transformer chunk reads, since its whole-track output
+    # would grow with the length (6 MB a minute).
+    stats, cnn_rows = cnn_stats(model, signal, cnn_chunk), cnn_length(model, signal.numel())
     # Global frame -> CNN-position map (align_corners=True), so chunking only limits attention's reach.
-    positions = torch.linspace(0, cnn.shape[0] - 1, frames)
+    positions = torch.linspace(0, cnn_rows - 1, frames)
     context = int(settings.context_seconds * settings.fps)
     step = chunk - 2 * context
-    out = None  # filled in place: concatenating parts would hold the features twice
+    out = None  # written as each chunk is made: on disk, since the features grow with the length
     for start in range(0, frames, step):
         stop = min(start + step, frames)
         lo, hi = max(0, start - context), min(frames, stop + context)
-        part = _encode_span(model, cnn, positions[lo:hi], (start - lo, stop - lo))
+        first, last = int(positions[lo].floor()), min(cnn_rows - 1, int(positions[hi - 1].ceil())) + 1
+        cnn = cnn_features(model, signal, cnn_chunk, rows=(first, last), stats=stats)
+        part = _encode_span(model, cnn, positions[lo:hi] - first, (start - lo, stop - lo))
         if out is None:
-            out = torch.empty(frames, *part.shape[1:], dtype=part.dtype)
-        out[start:stop] = part
+            out = FrameFile(frames, tuple(part.shape[1:]), torch.float32)
+        out.write(start, part)
     return out
 
 

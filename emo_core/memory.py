@@ -4,9 +4,10 @@ fails in a second with one sentence instead of running out of memory hours in.
 Only what grows with the length is counted (the models are already loaded, so the available memory the
 estimate is compared with excludes them). The figures follow the code paths:
 
-- audio features (audio.extract_audio_features): the float64 mono copy and the float64 resampled signal,
-  the float32 signal copies, the wav2vec2 CNN output (one row per 320 samples) and the (frames, layers,
-  hidden) float32 features, plus one transformer chunk's activations;
+- audio features (audio.extract_audio_features): the float32 16 kHz signal and its float64 normalisation
+  copy (resampling itself runs in blocks), the wav2vec2 CNN output (one row per 320 samples) and the
+  activations of one transformer chunk, and the (frames, layers, hidden) float32 features when they stay in
+  memory (audio longer than one chunk writes them to a temporary file; only disk space is checked);
 - sampling (sampler.generate): the (frames, 4, h, w) float32 output latents (the features exist already);
 - after sampling, VAE Decode -> Create Video holds every decoded frame as float32 (frames, H, W, 3), while
   EMO Save Video (Streaming) holds one chunk of frames.
@@ -42,16 +43,30 @@ class MemoryEstimate:
 def audio_features_bytes(samples: int, sample_rate: int, fps: float, layers: int, hidden: int, *,
                          conv_channels: int = 512, heads: int = 12, intermediate: int = 3072,
                          clip_length: int = 1, chunk_seconds: float = 60.0, context_seconds: float = 5.0) -> dict:
-    """Peak extra host bytes of extracting features of `samples` audio samples (per channel) at `sample_rate`."""
+    """Peak extra host bytes of extracting features of `samples` audio samples (per channel) at `sample_rate`.
+
+    "audio features" is the (frames, layers, hidden) float32 result when it stays in memory; audio longer than
+    one transformer chunk writes it to a temporary file instead (audio_features_disk_bytes)."""
     s16 = math.ceil(samples * 16000 / sample_rate)
     frames = math.ceil(math.ceil(s16 / 16000 * fps) / clip_length) * clip_length
-    resample = F64 * samples + (F64 + F32) * s16  # float64 mono in, float64 out, then the float32 copy
+    # Resampling runs in blocks; what grows is the float32 16 kHz signal, normalised through one float64 copy.
+    resample = (F64 + 2 * F32) * s16
     chunk = min(frames, int(chunk_seconds * fps) + 2 * int(context_seconds * fps))
     # Every layer's output for the chunk, the feed-forward, and one attention matrix (SDPA's memory-efficient
     # kernels need less; eager attention more). On a GPU this part is on the device.
     transformer = chunk * (2 * layers * hidden + intermediate) * F32 + heads * chunk * chunk * F32
-    encode = (2 * F32 + F32 * conv_channels / CNN_STRIDE) * s16 + transformer
-    return {"audio features": frames * layers * hidden * F32, "audio processing": int(max(resample, encode))}
+    # The padded 16 kHz signal, and the CNN output of what one transformer chunk reads (all of it when short).
+    encode = F32 * s16 + F32 * conv_channels / CNN_STRIDE * min(s16, chunk / fps * 16000) + transformer
+    parts = {"audio processing": int(max(resample, encode))}
+    if not features_spill(frames, fps, chunk_seconds):
+        parts["audio features"] = frames * layers * hidden * F32
+    return parts
+
+
+def features_spill(frames: int, fps: float, chunk_seconds: float) -> bool:
+    """Whether audio.extract_audio_features writes the features of `frames` padded frames to disk: exactly
+    when it encodes them in transformer chunks."""
+    return frames > max(1, int(chunk_seconds * fps))
 
 
 def sampling_bytes(frames: int, latent_hw: tuple[int, int], after: str = "latent", chunk_frames: int = 16) -> dict:

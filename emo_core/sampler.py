@@ -201,11 +201,12 @@ def _check_lengths(v: VideoConditions) -> None:
 
 def _check_finite(v: VideoConditions) -> None:
     for name in ("reference", "first_motion", "audio", "face_mask", "identity", "speed"):
-        value = getattr(v, name)
-        value = getattr(value, "hidden", value)  # audio: AudioFeatures are checked on their stored features
-        if value is not None:
-            require_finite(value, f"the {name.replace('_', ' ')} input of the sampler",
-                           LATENT_FIX if name in ("reference", "first_motion") else "recompute it from its source")
+        value, what = getattr(v, name), f"the {name.replace('_', ' ')} input of the sampler"
+        fix = LATENT_FIX if name in ("reference", "first_motion") else "recompute it from its source"
+        if hasattr(value, "require_finite"):  # AudioFeatures: checked on their stored features (maybe on disk)
+            value.require_finite(what, fix)
+        elif value is not None:
+            require_finite(value, what, fix)
 
 
 def _motion_latents(run: _Run, plan: ClipPlan, reference: torch.Tensor, out: torch.Tensor) -> torch.Tensor | None:

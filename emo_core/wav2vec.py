@@ -116,31 +116,57 @@ def _infer_config(state: dict[str, torch.Tensor], path: str):
 
 
 @torch.no_grad()
-def cnn_features(model, signal: torch.Tensor, chunk_samples: int = 16000 * 30) -> torch.Tensor:
-    """wav2vec2 CNN output (T, C) of a 1-D signal, computed in exact chunks.
+def cnn_features(model, signal: torch.Tensor, chunk_samples: int = 16000 * 30, rows: tuple[int, int] | None = None,
+                 stats=None) -> torch.Tensor:
+    """wav2vec2 CNN output (T, C) of a 1-D signal, computed in exact chunks; `rows` = (a, b): only those.
 
     The convolutions are valid (no padding), so output t depends on samples [t*S, t*S + R) only; the
     first layer's GroupNorm (base models) normalises over the whole signal, so its statistics are
-    gathered in a first pass. Memory is bounded by the chunk, not the audio length.
+    gathered in a first pass (`cnn_stats`, passed in when several row ranges are asked for). Memory is
+    bounded by the chunk and the rows asked for, not the audio length.
     """
     p = next(model.parameters())
     layers = model.feature_extractor.conv_layers
-    stride = math.prod(layer.conv.stride[0] for layer in layers)
-    field = _receptive_field(layers)
-    total = (signal.numel() - field) // stride + 1
-    if total < 1:
-        raise InvalidInputError(f"audio too short for wav2vec2: {signal.numel()} samples, need {field}")
+    stride, field = _cnn_geometry(layers)
+    total = cnn_length(model, signal.numel())
+    first, last = rows if rows is not None else (0, total)
+    if not 0 <= first <= last <= total:
+        raise ValueError(f"CNN rows [{first}, {last}) outside 0..{total}")
     per_chunk = max(1, (chunk_samples - field) // stride + 1)
-    norm = layers[0].layer_norm if isinstance(getattr(layers[0], "layer_norm", None), torch.nn.GroupNorm) else None
-    stats = _first_layer_stats(layers[0], signal, chunk_samples, p) if norm is not None else None
-    out = torch.empty(total, layers[-1].conv.out_channels)  # filled in place, never held twice
-    for a in range(0, total, per_chunk):
-        b = min(a + per_chunk, total)
+    if stats is None:
+        stats = cnn_stats(model, signal, chunk_samples)
+    out = torch.empty(last - first, layers[-1].conv.out_channels)  # filled in place, never held twice
+    for a in range(first, last, per_chunk):
+        b = min(a + per_chunk, last)
         x = signal[a * stride:(b - 1) * stride + field][None, None].to(p.device, p.dtype)
         for i, layer in enumerate(layers):
             x = _first_layer(layer, x, stats) if i == 0 and stats is not None else layer(x)
-        out[a:b] = x[0].transpose(0, 1)
+        out[a - first:b - first] = x[0].transpose(0, 1)
     return out
+
+
+def cnn_length(model, samples: int) -> int:
+    """Rows of CNN output for `samples` samples; InvalidInputError when the audio is shorter than one row."""
+    stride, field = _cnn_geometry(model.feature_extractor.conv_layers)
+    total = (samples - field) // stride + 1
+    if total < 1:
+        raise InvalidInputError(f"audio too short for wav2vec2: {samples} samples, need {field}")
+    return total
+
+
+@torch.no_grad()
+def cnn_stats(model, signal: torch.Tensor, chunk_samples: int = 16000 * 30):
+    """The first layer's whole-signal GroupNorm statistics (mean, var) for cnn_features, or None when the
+    model has no GroupNorm there (large models normalise per position)."""
+    layer = model.feature_extractor.conv_layers[0]
+    if not isinstance(getattr(layer, "layer_norm", None), torch.nn.GroupNorm):
+        return None
+    return _first_layer_stats(layer, signal, chunk_samples, next(model.parameters()))
+
+
+def _cnn_geometry(layers) -> tuple[int, int]:
+    """(stride, receptive field) of the whole CNN in samples."""
+    return math.prod(layer.conv.stride[0] for layer in layers), _receptive_field(layers)
 
 
 def _receptive_field(layers) -> int:
@@ -193,16 +219,16 @@ def encode_frames(model, cnn: torch.Tensor, frames: int, keep: tuple[int, int] |
     p = next(model.parameters())
     x = F.interpolate(cnn.T[None].to(p.device, p.dtype), size=frames, mode="linear", align_corners=True)
     hidden, _ = model.feature_projection(x.transpose(1, 2))
-    outputs = _layer_outputs(model.encoder, hidden)
     lo, hi = keep if keep is not None else (0, frames)
-    out = torch.empty(hi - lo, len(outputs), outputs[0].shape[-1])
-    for i, layer_out in enumerate(outputs):  # layer by layer: no stacked copy of every layer's output
+    out = torch.empty(hi - lo, len(model.encoder.layers), hidden.shape[-1])
+    # Each layer's rows are copied out as soon as it has run: no list (or stack) of every layer's output.
+    for i, layer_out in enumerate(_layer_outputs(model.encoder, hidden)):
         out[:, i] = layer_out[0, lo:hi]
     return out
 
 
-def _layer_outputs(encoder, hidden: torch.Tensor) -> list[torch.Tensor]:
-    """Every transformer layer's output: what `output_hidden_states` reports after the encoder's input
+def _layer_outputs(encoder, hidden: torch.Tensor):
+    """Yields every transformer layer's output: what `output_hidden_states` reports after the encoder's input
     (Hallo stacks `hidden_states[1:]`), the stable-layer-norm encoder's last one after its final LayerNorm.
 
     The encoder's steps run here one by one, with no hooks: forward hooks live on the shared model, so two
@@ -214,11 +240,8 @@ def _layer_outputs(encoder, hidden: torch.Tensor) -> list[torch.Tensor]:
     hidden = hidden + encoder.pos_conv_embed(hidden)
     if not stable:
         hidden = encoder.layer_norm(hidden)
-    outputs = []
-    for layer in encoder.layers:  # eval mode: no dropout, no LayerDrop
+    last = len(encoder.layers) - 1
+    for i, layer in enumerate(encoder.layers):  # eval mode: no dropout, no LayerDrop
         out = layer(hidden, attention_mask=None)
         hidden = out[0] if isinstance(out, tuple) else out  # a tuple in transformers 4
-        outputs.append(hidden)
-    if stable:
-        outputs[-1] = encoder.layer_norm(outputs[-1])
-    return outputs
+        yield encoder.layer_norm(hidden) if stable and i == last else hidden

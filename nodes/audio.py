@@ -1,7 +1,6 @@
 """EMO_AudioFeatures: ComfyUI AUDIO -> per-frame wav2vec2 features, with the frame count and fps."""
 from __future__ import annotations
 
-import dataclasses
 import math
 
 from ..emo_core.audio import AudioSettings, extract_audio_features
@@ -36,7 +35,7 @@ class EmoAudioFeatures:
         check_audio_features(audio, fps, cfg.clip_length, audio_encoder.model)
         model = services.load_on_device(audio_encoder.model, audio_encoder.patcher, audio_encoder.device)
         feats = extract_audio_features(model, audio, settings)
-        feats = dataclasses.replace(feats, hidden=feats.hidden.float().cpu())  # one clip at a time goes back
+        feats = feats.on_host()  # one clip at a time goes back to the device
         waveform = audio["waveform"]
         info = {"duration": round(feats.duration, 3), "frames": feats.num_frames, "fps": fps,
                 "clips": math.ceil(feats.num_frames / cfg.clip_length), "clip_length": cfg.clip_length,

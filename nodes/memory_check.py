@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import math
 
-from ..emo_core.memory import MemoryEstimate, audio_features_bytes, check_host_memory, sampling_bytes
+from ..emo_core.audio import AudioSettings
+from ..emo_core.frame_file import require_disk_space
+from ..emo_core.memory import F32, MemoryEstimate, audio_features_bytes, check_host_memory, features_spill, sampling_bytes
 
 STREAMING_SAVERS = ("EMO_SaveVideo",)
 SPLIT = "split the audio into shorter parts and render them one after another"
@@ -39,7 +41,8 @@ def check_sampling(features, latent_hw: tuple[int, int], prompt=None, node_id=No
 
 
 def check_audio_features(audio: dict, fps: float, clip_length: int, encoder, available=None) -> None:
-    """Before extracting features: the signal copies and the (frames, layers, hidden) features must fit."""
+    """Before extracting features: the signal copies and the (frames, layers, hidden) features must fit (the
+    features in RAM, or on the temporary disk when the audio is long enough to be encoded in chunks)."""
     cfg = getattr(encoder, "config", None)
     wave = audio.get("waveform") if isinstance(audio, dict) else None
     if cfg is None or wave is None or not hasattr(wave, "shape") or "sample_rate" not in audio:
@@ -53,3 +56,6 @@ def check_audio_features(audio: dict, fps: float, clip_length: int, encoder, ava
     frames = math.ceil(samples / rate * fps)
     what = f"the features of {samples / rate:.0f} s of audio ({frames} frames at {fps:g} fps)"
     check_host_memory(MemoryEstimate(parts, what), SPLIT, available)
+    padded = math.ceil(frames / clip_length) * clip_length
+    if features_spill(padded, fps, AudioSettings.chunk_seconds):
+        require_disk_space(padded * cfg.num_hidden_layers * cfg.hidden_size * F32, what)

@@ -1,6 +1,7 @@
 """Audio features: Hallo parity, real media at other rates, frame counts, bad input, long audio, loading."""
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from torch.testing import assert_close
 
 from emo_core.audio import AudioSettings, extract_audio_features, frame_count, normalise, to_mono_16k
 from emo_core.errors import InvalidInputError, MissingWeightsError
+from emo_core.frame_file import FrameFile
 from emo_core.wav2vec import load_wav2vec
 
 from conftest import parity_dir, shared_file, wav2vec_shape
@@ -102,13 +104,64 @@ def test_bad_audio_gets_clear_errors(tiny_wav2vec, audio, says):
 
 def test_long_audio_in_chunks_matches_single_pass_in_the_middle(tiny_wav2vec):
     audio = read_wav(shared_file("fixtures", "speech_en_16k_mono.wav"))
-    whole = extract_audio_features(tiny_wav2vec, audio, AudioSettings(chunk_seconds=60))
-    chunked = extract_audio_features(tiny_wav2vec, audio, AudioSettings(chunk_seconds=3.0, context_seconds=1.0))
+    seconds = audio["waveform"].shape[-1] / audio["sample_rate"]
+    whole = extract_audio_features(tiny_wav2vec, audio, AudioSettings(chunk_seconds=seconds + 60))
+    chunk = max(seconds / 3, 0.4)  # at least three chunks, whatever the fixture's length
+    chunked = extract_audio_features(tiny_wav2vec, audio, AudioSettings(chunk_seconds=chunk, context_seconds=chunk / 3))
+    assert isinstance(whole.hidden, torch.Tensor) and isinstance(chunked.hidden, FrameFile)
     assert chunked.hidden.shape == whole.hidden.shape
     # Only the transformer's attention reach is limited by chunking; with this random tiny model (diffuse
     # attention) that moves the features by ~13 %; a misaligned chunk would move them by ~100 %.
-    rel = (chunked.hidden - whole.hidden).norm() / whole.hidden.norm()
+    rel = (chunked.rows() - whole.rows()).norm() / whole.rows().norm()
     assert rel < 0.2, f"chunked features drift {rel:.3f} from the single pass"
+
+
+def test_spilled_features_give_the_same_windows_as_in_memory(tiny_wav2vec):
+    """Features on disk (long audio) cut the same windows, at every clip boundary and both ends."""
+    audio = read_wav(shared_file("fixtures", "speech_en_16k_mono.wav"))
+    seconds = audio["waveform"].shape[-1] / audio["sample_rate"]
+    chunk = max(seconds / 3, 0.4)
+    spilled = extract_audio_features(tiny_wav2vec, audio, AudioSettings(chunk_seconds=chunk, context_seconds=0.1,
+                                                                        clip_length=7))
+    assert isinstance(spilled.hidden, FrameFile)
+    memory = dataclasses.replace(spilled, hidden=spilled.rows())
+    assert torch.equal(memory.hidden, spilled.hidden.read(0, spilled.padded_frames))
+    for start in range(0, spilled.padded_frames, 7):
+        assert torch.equal(spilled.windowed(start, start + 7), memory.windowed(start, start + 7))
+    assert torch.equal(spilled.windowed(), memory.windowed())
+    assert spilled.on_host() is spilled
+
+
+def test_non_finite_spilled_features_are_refused(tiny_wav2vec):
+    feats = extract_audio_features(tiny_wav2vec, torch.randn(16000 * 3) * 0.1,
+                                   AudioSettings(chunk_seconds=1.0, context_seconds=0.2))
+    feats.require_finite("the audio", "recompute it")
+    row = feats.hidden.read(feats.padded_frames - 1, feats.padded_frames)
+    row[0, -1, -1] = float("nan")
+    feats.hidden.write(feats.padded_frames - 1, row)
+    with pytest.raises(InvalidInputError, match=r"the audio holds non-finite values \(1 NaN"):
+        feats.require_finite("the audio", "recompute it")
+
+
+@pytest.mark.parametrize("name", ["speech_en_44k_stereo.wav", "speech_en_16k_mono.wav"])
+def test_resampling_in_blocks_equals_one_pass(monkeypatch, name):
+    """Mix-down and resampling run a block at a time (bounded memory); the result is the one-pass result."""
+    from emo_core import audio as audio_mod
+    audio = read_wav(shared_file("fixtures", name))
+    wave, rate = audio["waveform"][0], audio["sample_rate"]
+    whole = audio_mod.resample(audio_mod._mix_down(wave), rate).to(torch.float32)
+    for block in (0.013, 0.5, 1000.0):  # many tiny blocks, a few, one
+        monkeypatch.setattr(audio_mod, "RESAMPLE_BLOCK_SECONDS", block)
+        assert torch.equal(to_mono_16k(audio), whole), block
+
+
+@pytest.mark.parametrize("rate", [8000, 11025, 22050, 32000, 44100, 48000])
+def test_resampling_in_blocks_is_exact_at_other_rates(monkeypatch, rate):
+    from emo_core import audio as audio_mod
+    monkeypatch.setattr(audio_mod, "RESAMPLE_BLOCK_SECONDS", 0.05)
+    wave = torch.randn(2, int(rate * 0.37) + 3, generator=torch.Generator().manual_seed(rate)) * 0.3
+    whole = audio_mod.resample(audio_mod._mix_down(wave), rate).to(torch.float32)
+    assert torch.equal(to_mono_16k({"waveform": wave[None], "sample_rate": rate}), whole)
 
 
 def test_cnn_in_chunks_is_exact(tiny_wav2vec):
@@ -118,6 +171,21 @@ def test_cnn_in_chunks_is_exact(tiny_wav2vec):
     reference = tiny_wav2vec.feature_extractor(signal[None]).transpose(1, 2)[0]
     assert_close(whole, reference, atol=1e-5, rtol=1e-5)
     assert_close(cnn_features(tiny_wav2vec, signal, chunk_samples=7000), whole, atol=1e-5, rtol=1e-5)
+
+
+def test_cnn_rows_on_demand_equal_the_whole_pass(tiny_wav2vec):
+    """Long audio asks the CNN for one transformer chunk's rows at a time, with whole-signal statistics."""
+    from emo_core.wav2vec import cnn_features, cnn_length, cnn_stats
+    signal = normalise(to_mono_16k(read_wav(shared_file("fixtures", "speech_en_16k_mono.wav"))))
+    whole = cnn_features(tiny_wav2vec, signal, chunk_samples=7000)
+    total = cnn_length(tiny_wav2vec, signal.numel())
+    assert whole.shape[0] == total
+    stats = cnn_stats(tiny_wav2vec, signal, 7000)
+    for a, b in ((0, total // 3), (total // 3, total // 3 + 1), (total // 2, total), (5, 5)):
+        assert_close(cnn_features(tiny_wav2vec, signal, 7000, rows=(a, b), stats=stats), whole[a:b],
+                     atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="outside"):
+        cnn_features(tiny_wav2vec, signal, 7000, rows=(0, total + 1), stats=stats)
 
 
 def test_single_file_safetensors_with_prefix_loads_like_the_folder(tmp_path):

@@ -65,4 +65,42 @@ def test_audio_estimate_counts_the_features_the_extractor_really_makes():
     parts = audio_features_bytes(audio["waveform"].shape[-1], rate, fps, cfg.num_hidden_layers, cfg.hidden_size,
                                  conv_channels=cfg.conv_dim[-1], clip_length=clip)
     assert parts["audio features"] == feats.hidden.numel() * feats.hidden.element_size()
-    assert parts["audio processing"] > 8 * audio["waveform"].shape[-1]  # at least the float64 mono copy
+    assert parts["audio processing"] > 8 * feats.duration * 16000  # at least the float64 normalisation copy
+
+
+def test_long_audio_features_are_counted_on_disk_not_in_ram():
+    """Past one transformer chunk the features go to a temporary file: the RAM estimate stops growing with them,
+    and the disk they need is checked up front with one sentence."""
+    rate, fps = 44100, 25.0
+    short, long = (audio_features_bytes(int(s * rate), rate, fps, 12, 768) for s in (30, 600))
+    assert short["audio features"] == 750 * 12 * 768 * 4
+    assert "audio features" not in long
+    assert memory.features_spill(1501, fps, 60.0) and not memory.features_spill(1500, fps, 60.0)
+
+
+def test_the_audio_node_refuses_long_audio_when_the_temporary_disk_is_full(monkeypatch):
+    import torch
+    from transformers import Wav2Vec2Config
+
+    from conftest import load_pack
+
+    pack = load_pack()
+    checks = __import__(f"{pack.__name__}.nodes.memory_check", fromlist=["check_audio_features"])
+    frame_file = __import__(f"{pack.__name__}.emo_core.frame_file", fromlist=["shutil"])
+    errors = __import__(f"{pack.__name__}.emo_core.errors", fromlist=["InsufficientMemoryError"])
+
+    class Usage:
+        free = 10 * 2 ** 20
+
+    class Encoder:
+        config = Wav2Vec2Config()
+
+    monkeypatch.setattr(frame_file.shutil, "disk_usage", lambda folder: Usage)
+    audio = {"waveform": torch.zeros(1, 1, 16000 * 600), "sample_rate": 16000}
+    cfg = Encoder.config
+    needed = 15008 * cfg.num_hidden_layers * cfg.hidden_size * 4 / 2 ** 30  # padded to whole 16-frame clips
+    with pytest.raises(errors.InsufficientMemoryError, match=r"the features of 600 s of audio \(15000 frames at 25 fps\) "
+                                                      rf"need {needed:.2f} GiB of temporary disk space"):
+        checks.check_audio_features(audio, 25.0, 16, Encoder(), available=64 * GIB)
+    checks.check_audio_features(dict(audio, waveform=torch.zeros(1, 1, 16000 * 30)), 25.0, 16, Encoder(),
+                                available=64 * GIB)  # short audio stays in RAM: no disk needed

@@ -175,6 +175,26 @@ def test_audio_features_are_windowed_per_clip_with_the_same_result(net, frames, 
         generate(net, short, FAST)
 
 
+def test_audio_features_on_disk_give_the_same_video_and_are_checked(net):
+    """Long audio's features live in a FrameFile: the sampler reads them clip by clip with the same result,
+    and a NaN in the file is refused before sampling, as in memory."""
+    from emo_core.audio import AudioFeatures
+    from emo_core.frame_file import FrameFile
+
+    ap, frames = net.config.audio_projection, 2 * net.config.clip_length + 1
+    hidden = torch.randn(frames, ap.blocks, ap.channels, generator=torch.Generator().manual_seed(6))
+    on_disk = FrameFile(frames, tuple(hidden.shape[1:]))
+    on_disk.write(0, hidden)
+    in_memory, spilled = video(net, frames), video(net, frames)
+    in_memory.audio = AudioFeatures(hidden, frames, 25.0, frames / 25, ap.window)
+    spilled.audio = AudioFeatures(on_disk, frames, 25.0, frames / 25, ap.window)
+    assert_close(generate(net, spilled, FAST), generate(net, in_memory, FAST), atol=0, rtol=0)
+    hidden[frames // 2, 0, 0] = float("inf")
+    on_disk.write(0, hidden)
+    with pytest.raises(InvalidInputError, match=r"audio input of the sampler holds non-finite values \(0 NaN, 1 inf"):
+        generate(net, spilled, FAST)
+
+
 @pytest.mark.parametrize("name", list(SAMPLERS))
 def test_every_sampler_runs(net, name):
     out = generate(net, video(net, 5), SamplerSettings(steps=3, sampler=name, seed=1))
