@@ -21,6 +21,7 @@ import torch
 
 from .config import EmoNetConfig, hallo_preset
 from .errors import IncompatibleCheckpointError, MissingWeightsError
+from .echomimic_config import PARTS, config_from_echomimic, is_acc, looks_like_echomimic, merge_parts, part_files
 from .hallo_config import config_from_hallo
 from .pickle_safety import PICKLE_SUFFIXES, load_pickle_tensors
 
@@ -40,7 +41,14 @@ class CheckpointInfo:
 
 
 def read_state_dict(path: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Tensors and string metadata of a checkpoint file (metadata is empty for pickle-format files)."""
+    """Tensors and string metadata of a checkpoint file (metadata is empty for pickle-format files), or of
+    EchoMimic's four weight files: a folder holding them, or one of them named (its folder is read)."""
+    if os.path.isdir(path) or _echomimic_part(path):
+        return read_echomimic(path), {}
+    return _read_file(path)
+
+
+def _read_file(path: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     if not os.path.isfile(path):
         folder = os.path.dirname(os.path.abspath(path))
         raise MissingWeightsError(f"checkpoint file '{os.path.basename(path)}' not found in '{folder}'; "
@@ -57,6 +65,22 @@ def read_state_dict(path: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]
     raise IncompatibleCheckpointError(f"'{path}': unsupported checkpoint extension; use .safetensors or .pth")
 
 
+def _echomimic_part(path: str) -> bool:
+    stem = os.path.splitext(os.path.basename(path))[0].lower().removesuffix("_acc")
+    return os.path.isfile(path) and any(stem in names for _, names in PARTS)
+
+
+def read_echomimic(path: str) -> dict[str, torch.Tensor]:
+    """EchoMimic's reference_unet / denoising_unet (+ motion_module) / face_locator files, merged in
+    EchoMimic's order. `path`: their folder (the "_acc" files when its name says acc) or one of the files
+    (the acc files when that file is an "_acc" one)."""
+    folder = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
+    files = part_files(folder, acc=is_acc(path))
+    parts = {name: _read_file(file)[0] for name, file in files.items()}
+    log.info("EchoMimic weights from %s", ", ".join(os.path.basename(f) for f in files.values()))
+    return merge_parts(parts)
+
+
 def detect_family(state: dict[str, torch.Tensor], metadata: dict[str, str]) -> CheckpointInfo:
     """Decide which family a state dict belongs to, or say what it looks like instead."""
     if metadata.get("format") == NATIVE_FORMAT or "emo_config" in metadata:
@@ -64,6 +88,12 @@ def detect_family(state: dict[str, torch.Tensor], metadata: dict[str, str]) -> C
             raise IncompatibleCheckpointError("native EMO file without its 'emo_config' metadata entry")
         return CheckpointInfo("emo", EmoNetConfig.from_json(metadata["emo_config"]), "emo_config metadata")
     prefixes = {k.split(".", 1)[0] + "." for k in state}
+    if "echomimic_config" in metadata:
+        return CheckpointInfo("echomimic", config_from_echomimic(json.loads(metadata["echomimic_config"])),
+                              "EchoMimic key layout + echomimic_config metadata")
+    if looks_like_echomimic(state):
+        return CheckpointInfo("echomimic", config_from_echomimic(None),
+                              "EchoMimic key layout, released EchoMimic v1 configuration")
     if {"reference_unet.", "denoising_unet."} <= prefixes:
         if "hallo_config" in metadata:
             return CheckpointInfo("hallo", config_from_hallo(json.loads(metadata["hallo_config"])),

@@ -15,8 +15,9 @@ from .errors import InvalidConfigError
 
 SD15_DOWN_BLOCKS = ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",)
 SD15_UP_BLOCKS = ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3
-FAMILIES = ("emo", "hallo")
-AUDIO_FORMS = ("single", "hierarchical")
+FAMILIES = ("emo", "hallo", "echomimic")
+AUDIO_FORMS = ("single", "hierarchical", "cross_slot")
+LONG_VIDEO = ("motion_frames", "context_windows")
 REFERENCE_ROWS = ("shared", "cfg_tiled")
 FIRST_MOTION = ("zeros", "reference")
 MOTION_SOURCES = ("latents", "pixels")
@@ -94,10 +95,13 @@ class AudioAttentionConfig:
     """Audio-attention after each reference-attention.
 
     `single`: EMO's one cross-attention to the audio tokens. `hierarchical`: Hallo's three
-    cross-attentions weighted by full/face/lip masks, zero-convs and motion_scale.
+    cross-attentions weighted by full/face/lip masks, zero-convs and motion_scale. `cross_slot`
+    (EchoMimic): no audio modules; the spatial transformer's own cross-attention (SD's text slot) takes
+    the audio tokens, its output multiplied by `scale` (EchoMimic's audio_feature_ratio, 3.0).
     """
     form: str = "single"
     audio_dim: int = 768
+    scale: float = 1.0
 
     def validate(self) -> None:
         _require(self.form in AUDIO_FORMS, "audio_attention.form", self.form, f"choose one of {AUDIO_FORMS}")
@@ -182,12 +186,22 @@ class EmoNetConfig:
     `motion_source` is how later clips get theirs from the previous clip's last n frames: `latents`
     (EMO: the generated latents) or `pixels` (Hallo: decoded to pixels and re-encoded by the VAE).
     `guidance_scale` is the family's default classifier-free guidance scale.
+
+    `audio_projection` None: the audio tokens are the encoder's features themselves (EchoMimic's whisper
+    tokens: a window of feature frames x layers, each one token). `reference_cross_attention` False: the
+    ReferenceNet's transformer blocks have no cross-attention at all (EchoMimic).
+
+    `long_video`: how a video longer than one clip is made. `motion_frames` (EMO, Hallo): clip after clip,
+    each fed the previous clip's last frames. `context_windows` (EchoMimic): every step denoises the whole
+    video in overlapping windows of `clip_length` frames (`context_overlap` shared), shifted by
+    `context_shift` frames per step and averaged where they overlap; the initial noise is clamped to
+    +-`noise_clamp` when set.
     """
     family: str = "emo"
     unet: UNetConfig = field(default_factory=UNetConfig)
     motion: MotionConfig = field(default_factory=MotionConfig)
     audio_attention: AudioAttentionConfig = field(default_factory=AudioAttentionConfig)
-    audio_projection: WindowProjectionConfig = field(default_factory=WindowProjectionConfig)
+    audio_projection: WindowProjectionConfig | None = field(default_factory=WindowProjectionConfig)
     face_locator: FaceLocatorConfig = field(default_factory=FaceLocatorConfig)
     identity: IdentityConfig | None = None
     speed: SpeedConfig | None = field(default_factory=SpeedConfig)
@@ -197,6 +211,11 @@ class EmoNetConfig:
     first_motion: str = "zeros"
     motion_source: str = "latents"
     guidance_scale: float = 3.5
+    reference_cross_attention: bool = True
+    long_video: str = "motion_frames"
+    context_overlap: int = 3
+    context_shift: int = 2
+    noise_clamp: float | None = None
 
     def validate(self) -> EmoNetConfig:
         _require(self.family in FAMILIES, "family", self.family, f"choose one of {FAMILIES}")
@@ -213,17 +232,37 @@ class EmoNetConfig:
         _require(self.motion_frames >= 0, "motion_frames", self.motion_frames, "need >= 0")
         _require(self.clip_length + self.motion_frames <= self.motion.max_len, "clip_length",
                  self.clip_length, f"clip_length + motion_frames must fit motion.max_len={self.motion.max_len}")
-        _require(self.audio_projection.output_dim == self.audio_attention.audio_dim,
-                 "audio_projection.output_dim", self.audio_projection.output_dim,
-                 f"must equal audio_attention.audio_dim={self.audio_attention.audio_dim}")
+        self._validate_audio()
+        self._validate_long_video()
         self.unet.validate()
         self.motion.validate()
         self.audio_attention.validate()
-        self.audio_projection.validate("audio_projection")
         self.face_locator.validate()
         if self.speed is not None:
             self.speed.validate()
         return self
+
+    def _validate_audio(self) -> None:
+        a = self.audio_attention
+        if self.audio_projection is not None:
+            self.audio_projection.validate("audio_projection")
+            _require(self.audio_projection.output_dim == a.audio_dim, "audio_projection.output_dim",
+                     self.audio_projection.output_dim, f"must equal audio_attention.audio_dim={a.audio_dim}")
+        if a.form == "cross_slot":
+            _require(self.unet.cross_attention_dim == a.audio_dim, "unet.cross_attention_dim",
+                     self.unet.cross_attention_dim, f"the cross-attention slot takes the audio: must equal "
+                     f"audio_attention.audio_dim={a.audio_dim}")
+            _require(self.identity is None, "identity", self.identity,
+                     "the cross-attention slot carries the audio, so there is no room for identity tokens")
+
+    def _validate_long_video(self) -> None:
+        _require(self.long_video in LONG_VIDEO, "long_video", self.long_video, f"choose one of {LONG_VIDEO}")
+        if self.long_video == "context_windows":
+            _require(self.motion_frames == 0, "motion_frames", self.motion_frames,
+                     "context windows carry no motion frames: need 0")
+            _require(0 <= self.context_overlap < self.clip_length, "context_overlap", self.context_overlap,
+                     f"need 0 <= overlap < clip_length={self.clip_length}")
+        _require(self.noise_clamp is None or self.noise_clamp > 0, "noise_clamp", self.noise_clamp, "need > 0")
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -276,5 +315,24 @@ def hallo_preset(**overrides: Any) -> EmoNetConfig:
         identity=IdentityConfig(embedding_dim=512, tokens=4),
         speed=None, clip_length=16, motion_frames=2, reference_rows="cfg_tiled",
         first_motion="reference", motion_source="pixels", guidance_scale=3.5,
+    )
+    return dataclasses.replace(base, **overrides).validate()
+
+
+def echomimic_preset(**overrides: Any) -> EmoNetConfig:
+    """EchoMimic v1 (configs/inference/inference_v2.yaml + infer_audio2vid.py): whisper-tiny tokens (10 frames x
+    5 layers of width 384 per video frame) in the spatial cross-attention x 3.0, no identity tokens, a
+    ReferenceNet without cross-attention, a 1-channel face locator, context windows of 12 frames (overlap 3,
+    shifted 2 per step), initial noise clamped to +-1.5, DDIM 30 steps at CFG 2.5, 24 fps."""
+    base = EmoNetConfig(
+        family="echomimic",
+        unet=UNetConfig(cross_attention_dim=384),
+        motion=MotionConfig(in_plain_blocks=True),
+        audio_attention=AudioAttentionConfig(form="cross_slot", audio_dim=384, scale=3.0),
+        audio_projection=None,
+        face_locator=FaceLocatorConfig(conditioning_channels=1, block_out_channels=(16, 32, 96, 256)),
+        identity=None, speed=None, clip_length=12, motion_frames=0, reference_rows="shared",
+        first_motion="zeros", motion_source="latents", guidance_scale=2.5, reference_cross_attention=False,
+        long_video="context_windows", context_overlap=3, context_shift=2, noise_clamp=1.5,
     )
     return dataclasses.replace(base, **overrides).validate()

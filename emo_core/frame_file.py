@@ -17,7 +17,7 @@ import torch
 
 from .errors import InsufficientMemoryError
 
-READ_BLOCK_BYTES = 64 * 2 ** 20  # whole-file passes (finiteness checks) read this much at a time
+READ_BLOCK_BYTES = 8 * 2 ** 20  # whole-file passes (finiteness checks) read this much at a time: RAM per pass
 
 
 class FrameFile:

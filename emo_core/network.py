@@ -45,11 +45,11 @@ class EmoNet(nn.Module):
         super().__init__()
         self.config = config.validate()
         u = config.unet
-        self.reference_unet = build_reference_unet(u)
+        self.reference_unet = build_reference_unet(u, cross_attention=config.reference_cross_attention)
         self.denoising_unet = DenoisingUNet(config)
         self.face_locator = FaceLocator(config.face_locator, u.block_out_channels[0])
         self.imageproj = IdentityProjection(config.identity, u.cross_attention_dim) if config.identity else None
-        self.audioproj = WindowProjection(config.audio_projection)
+        self.audioproj = WindowProjection(config.audio_projection) if config.audio_projection else None
         self.speedproj = WindowProjection(config.speed.projection()) if config.speed else None
         # Identity of the loaded weights (checkpoint.weights_fingerprint), set by checkpoint.load_network.
         self.fingerprint: str | None = None
@@ -74,14 +74,25 @@ class EmoNet(nn.Module):
         return self.imageproj(embedding), self.imageproj(torch.zeros_like(embedding))
 
     def audio_tokens(self, windowed: torch.Tensor) -> torch.Tensor:
-        """Windowed wav2vec features (b, F, 2m+1, layers, hidden) -> tokens (b, F, T, A)."""
-        expected = (self.config.audio_projection.window, self.config.audio_projection.blocks,
-                    self.config.audio_projection.channels)
+        """Windowed audio features (b, F, window, layers, hidden) -> tokens (b, F, T, A).
+
+        With an audio projection (EMO, Hallo: wav2vec2) its MLP makes the tokens; without one (EchoMimic:
+        whisper) every (window frame, layer) feature is a token, frame-major as EchoMimic orders them."""
+        p = self._param()
+        if self.audioproj is None:
+            width = self.config.audio_attention.audio_dim
+            if windowed.dim() != 5 or windowed.shape[-1] != width:
+                raise InvalidInputError(f"audio features must be (batch, frames, window, layers, {width}) for this "
+                                        f"checkpoint, got {tuple(windowed.shape)}; extract them with the audio "
+                                        "encoder that matches the model")
+            return windowed.flatten(2, 3).to(p.dtype)
+        ap = self.config.audio_projection
+        expected = (ap.window, ap.blocks, ap.channels)
         if windowed.dim() != 5 or tuple(windowed.shape[2:]) != expected:
             raise InvalidInputError(f"audio features must be (batch, frames, {expected[0]}, {expected[1]}, "
                                     f"{expected[2]}) for this checkpoint, got {tuple(windowed.shape)}; "
                                     "extract them with the audio encoder that matches the model")
-        return self.audioproj(windowed.to(self._param().dtype))
+        return self.audioproj(windowed.to(p.dtype))
 
     def speed_tokens(self, windowed: torch.Tensor | None) -> torch.Tensor | None:
         """Windowed speed buckets (b, F, 2m+1, d) -> tokens (b, F, T, S); None without speed layers."""

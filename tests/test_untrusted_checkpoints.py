@@ -11,7 +11,7 @@ from safetensors.torch import save_file
 from emo_core import pickle_safety
 from emo_core.checkpoint import load_network, read_state_dict
 from emo_core.convert import main as convert_main
-from emo_core.errors import IncompatibleCheckpointError
+from emo_core.errors import IncompatibleCheckpointError, MissingWeightsError
 from emo_core.wav2vec import load_wav2vec
 
 from conftest import SHARED, parity_dir
@@ -174,15 +174,28 @@ def test_another_kind_of_model_file_is_named(tmp_path, kind, build, says):
     assert "unrecognised" not in str(err.value)
 
 
-@pytest.mark.parametrize("name, says", [("reference_unet.pth", "bare UNet"), ("denoising_unet.pth", "bare UNet"),
-                                        ("motion_module.pth", "AnimateDiff motion module")])
-def test_echomimic_parts_are_named(tmp_path, name, says):
+@pytest.mark.parametrize("name", ["reference_unet.pth", "denoising_unet.pth", "motion_module.pth"])
+def test_a_lone_echomimic_part_names_the_files_it_needs(tmp_path, name):
+    """One of EchoMimic's four files is read with its siblings; alone, the error names the missing ones."""
     src = ECHOMIMIC / name
     if not src.is_file():
         pytest.skip(f"EchoMimic tiny fixture {src} not found (it ships with ../shared/parity)")
     shutil.copy(src, tmp_path / name)
-    with pytest.raises(IncompatibleCheckpointError, match=says):
+    others = [p for p in ("reference_unet.pth", "motion_module.pth", "denoising_unet.pth", "face_locator.pth")
+              if p != name]
+    with pytest.raises(MissingWeightsError, match="lacks " + ", ".join(o.replace(".", r"\.") for o in others)):
         load_network(str(tmp_path / name))
+
+
+@pytest.mark.parametrize("name, says", [("reference_unet.pth", "bare UNet"), ("denoising_unet.pth", "bare UNet"),
+                                        ("motion_module.pth", "AnimateDiff motion module")])
+def test_a_renamed_echomimic_part_is_named_by_its_keys(tmp_path, name, says):
+    src = ECHOMIMIC / name
+    if not src.is_file():
+        pytest.skip(f"EchoMimic tiny fixture {src} not found (it ships with ../shared/parity)")
+    shutil.copy(src, tmp_path / f"my_{name}")
+    with pytest.raises(IncompatibleCheckpointError, match=says):
+        load_network(str(tmp_path / f"my_{name}"))
 
 
 def test_unknown_keys_are_still_shown(tmp_path):

@@ -34,9 +34,10 @@ class ReferenceTransformerBlock(nn.Module):
     `reference_key` is this block's module path; ReferenceNet records under the same name.
     """
 
-    def __init__(self, dim: int, heads: int, cross_attention_dim: int | None):
+    def __init__(self, dim: int, heads: int, cross_attention_dim: int | None, cross_scale: float = 1.0):
         super().__init__()
         self.reference_key = ""
+        self.cross_scale = cross_scale  # EchoMimic: the audio in the cross-attention slot counts x 3.0
         self.norm1 = nn.LayerNorm(dim)
         self.attn1 = _attention(dim, heads)
         self.norm2 = nn.LayerNorm(dim) if cross_attention_dim else None
@@ -50,7 +51,8 @@ class ReferenceTransformerBlock(nn.Module):
         normed = self.norm1(x)
         x = x + self._reference_attention(normed, reference, reference_rows)
         if self.attn2 is not None and context is not None:
-            x = x + self.attn2(self.norm2(x), encoder_hidden_states=context)
+            out = self.attn2(self.norm2(x), encoder_hidden_states=context)
+            x = x + (out if self.cross_scale == 1.0 else self.cross_scale * out)
         return x + self.ff(self.norm3(x))
 
     def _reference_attention(self, normed, reference, rows):
@@ -67,12 +69,14 @@ class ReferenceTransformerBlock(nn.Module):
 class SpatialTransformer(nn.Module):
     """GroupNorm -> 1x1 proj_in -> ReferenceTransformerBlock -> 1x1 proj_out -> residual, per frame."""
 
-    def __init__(self, channels: int, heads: int, cross_attention_dim: int | None, groups: int):
+    def __init__(self, channels: int, heads: int, cross_attention_dim: int | None, groups: int,
+                 cross_scale: float = 1.0):
         super().__init__()
         inner = heads * (channels // heads)
         self.norm = nn.GroupNorm(groups, channels, eps=1e-6)
         self.proj_in = nn.Conv2d(channels, inner, 1)
-        self.transformer_blocks = nn.ModuleList([ReferenceTransformerBlock(inner, heads, cross_attention_dim)])
+        self.transformer_blocks = nn.ModuleList([ReferenceTransformerBlock(inner, heads, cross_attention_dim,
+                                                                           cross_scale)])
         self.proj_out = nn.Conv2d(inner, channels, 1)
 
     def forward(self, x: torch.Tensor, context, reference, reference_rows) -> torch.Tensor:

@@ -46,14 +46,17 @@ class _LayerStack(nn.Module):
     def _build_layers(self, cfg: EmoNetConfig, spec: BlockSpec, audio_in: list[int], with_motion: bool):
         u = cfg.unet
         speed_dim = cfg.speed.output_dim if cfg.speed is not None else None
-        n = len(audio_in)
+        n, audio = len(audio_in), cfg.audio_attention
+        # EchoMimic (`cross_slot`): the audio goes through the transformer's cross-attention, no audio modules.
+        self.audio_in_cross_slot = audio.form == "cross_slot"
+        scale = audio.scale if self.audio_in_cross_slot else 1.0
         self.attentions = nn.ModuleList(
-            [SpatialTransformer(spec.out_channels, u.attention_heads, u.cross_attention_dim, u.norm_num_groups)
-             for _ in range(n)] if spec.attention else [])
+            [SpatialTransformer(spec.out_channels, u.attention_heads, u.cross_attention_dim, u.norm_num_groups,
+                                scale) for _ in range(n)] if spec.attention else [])
         self.audio_modules = nn.ModuleList(
-            [AudioModule(spec.out_channels, c_in, u.attention_heads, cfg.audio_attention.audio_dim,
-                         u.norm_num_groups, cfg.audio_attention.form, spec.depth) for c_in in audio_in]
-            if spec.attention else [])
+            [AudioModule(spec.out_channels, c_in, u.attention_heads, audio.audio_dim,
+                         u.norm_num_groups, audio.form, spec.depth) for c_in in audio_in]
+            if spec.attention and not self.audio_in_cross_slot else [])
         self.motion_modules = nn.ModuleList(
             [MotionModule(spec.out_channels, cfg.motion, speed_dim) for _ in range(n)] if with_motion else [])
         self.apply_plain_motion = cfg.motion.in_plain_blocks
@@ -67,7 +70,7 @@ class _LayerStack(nn.Module):
             ref = rows = None
             if inputs.reference is not None:
                 ref, rows, motion = inputs.reference.for_block(attn.reference_key, frames, h, w)
-            y = attn(flat(x), inputs.context, ref, rows)
+            y = attn(flat(x), inputs.audio if self.audio_in_cross_slot else inputs.context, ref, rows)
             if self.audio_modules:
                 y = self.audio_modules[j](y, inputs.audio, inputs.masks, inputs.motion_scale)
             x = unflat(y, frames)

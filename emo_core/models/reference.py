@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 from diffusers import UNet2DConditionModel
+from diffusers.models.attention import BasicTransformerBlock
 from diffusers.models.attention_processor import Attention, AttnProcessor2_0
 from torch import nn
 
@@ -30,7 +31,9 @@ class RecordingAttnProcessor:
         return self.inner(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
 
 
-def build_reference_unet(cfg: UNetConfig) -> UNet2DConditionModel:
+def build_reference_unet(cfg: UNetConfig, cross_attention: bool = True) -> UNet2DConditionModel:
+    """diffusers' SD UNet as ReferenceNet; `cross_attention` False removes every transformer block's
+    attn2/norm2 (EchoMimic's ReferenceNet has none; diffusers' block skips a missing attn2)."""
     unet = UNet2DConditionModel(
         in_channels=cfg.in_channels, out_channels=cfg.out_channels,
         down_block_types=cfg.down_block_types, up_block_types=cfg.up_block_types,
@@ -41,6 +44,10 @@ def build_reference_unet(cfg: UNetConfig) -> UNet2DConditionModel:
     )
     unet.conv_norm_out = None
     unet.conv_out = nn.Identity()
+    if not cross_attention:
+        for module in unet.modules():
+            if isinstance(module, BasicTransformerBlock):
+                module.attn2 = module.norm2 = None
     processors = {}
     for name in unet.attn_processors:
         module_path = name[: -len(".processor")]
