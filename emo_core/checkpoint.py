@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .config import EmoNetConfig, hallo_preset
+from .config import EmoNetConfig, echomimic_acc, hallo_preset
 from .errors import IncompatibleCheckpointError, MissingWeightsError
 from .echomimic_config import PARTS, config_from_echomimic, is_acc, looks_like_echomimic, merge_parts, part_files
 from .hallo_config import config_from_hallo
@@ -178,6 +178,8 @@ def load_network(path: str, dtype: torch.dtype = torch.float32, device: str | to
     info = detect_family(state, metadata)
     if config is not None:
         info = CheckpointInfo(info.family, config.validate(), "configuration given by the caller")
+    if info.family == "echomimic" and is_acc(path):  # same network; step-distilled: 6 steps, no CFG
+        info = CheckpointInfo(info.family, echomimic_acc(info.config), info.reason + ", acc weights by name")
     with torch.device("meta"):
         net = EmoNet(info.config)
     check_keys(net, state, info.family)

@@ -185,7 +185,8 @@ class EmoNetConfig:
     clip, `zeros` (EMO: zero feature maps) or `reference` (Hallo: copies of the reference image).
     `motion_source` is how later clips get theirs from the previous clip's last n frames: `latents`
     (EMO: the generated latents) or `pixels` (Hallo: decoded to pixels and re-encoded by the VAE).
-    `guidance_scale` is the family's default classifier-free guidance scale.
+    `guidance_scale`, `default_steps`, `default_fps`: the family's sampling defaults (classifier-free guidance
+    scale, denoising steps, video frame rate), which the loader node offers to the sampler and audio nodes.
 
     `audio_projection` None: the audio tokens are the encoder's features themselves (EchoMimic's whisper
     tokens: a window of feature frames x layers, each one token). `reference_cross_attention` False: the
@@ -212,6 +213,8 @@ class EmoNetConfig:
     motion_source: str = "latents"
     guidance_scale: float = 3.5
     reference_cross_attention: bool = True
+    default_steps: int = 40
+    default_fps: float = 25.0
     long_video: str = "motion_frames"
     context_overlap: int = 3
     context_shift: int = 2
@@ -226,6 +229,8 @@ class EmoNetConfig:
         _require(self.motion_source in MOTION_SOURCES, "motion_source", self.motion_source,
                  f"choose one of {MOTION_SOURCES}")
         _require(self.guidance_scale >= 0, "guidance_scale", self.guidance_scale, "need >= 0")
+        _require(self.default_steps >= 1, "default_steps", self.default_steps, "need >= 1")
+        _require(1 <= self.default_fps <= 240, "default_fps", self.default_fps, "need 1..240")
         _require(self.motion_frames <= self.clip_length, "motion_frames", self.motion_frames,
                  f"the motion frames come from one clip: need <= clip_length={self.clip_length}")
         _require(self.clip_length >= 1, "clip_length", self.clip_length, "need >= 1")
@@ -323,7 +328,8 @@ def echomimic_preset(**overrides: Any) -> EmoNetConfig:
     """EchoMimic v1 (configs/inference/inference_v2.yaml + infer_audio2vid.py): whisper-tiny tokens (10 frames x
     5 layers of width 384 per video frame) in the spatial cross-attention x 3.0, no identity tokens, a
     ReferenceNet without cross-attention, a 1-channel face locator, context windows of 12 frames (overlap 3,
-    shifted 2 per step), initial noise clamped to +-1.5, DDIM 30 steps at CFG 2.5, 24 fps."""
+    shifted 2 per step), initial noise clamped to +-1.5, DDIM 30 steps at CFG 2.5, 24 fps. The step-distilled
+    "acc" weights: the same network, 6 steps without CFG (`echomimic_acc`)."""
     base = EmoNetConfig(
         family="echomimic",
         unet=UNetConfig(cross_attention_dim=384),
@@ -333,6 +339,13 @@ def echomimic_preset(**overrides: Any) -> EmoNetConfig:
         face_locator=FaceLocatorConfig(conditioning_channels=1, block_out_channels=(16, 32, 96, 256)),
         identity=None, speed=None, clip_length=12, motion_frames=0, reference_rows="shared",
         first_motion="zeros", motion_source="latents", guidance_scale=2.5, reference_cross_attention=False,
-        long_video="context_windows", context_overlap=3, context_shift=2, noise_clamp=1.5,
+        default_steps=30, default_fps=24.0, long_video="context_windows", context_overlap=3, context_shift=2,
+        noise_clamp=1.5,
     )
     return dataclasses.replace(base, **overrides).validate()
+
+
+def echomimic_acc(config: EmoNetConfig) -> EmoNetConfig:
+    """EchoMimic's step-distilled ("acc") weights' sampling defaults on `config`: 6 steps, no CFG
+    (infer_audio2vid_acc.py); the network is the same."""
+    return dataclasses.replace(config, default_steps=6, guidance_scale=1.0).validate()

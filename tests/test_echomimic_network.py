@@ -90,6 +90,10 @@ def test_denoising_file_wins_over_the_motion_module_file_and_acc_names_pick_acc_
         shutil.copy(src / name, acc / target)
     state_acc, _ = read_state_dict(str(acc / "denoising_unet_acc.pth"))
     assert torch.equal(state_acc["denoising_unet." + key], motion[key])  # the untouched acc copy
+    _, _, config = fixture
+    fast = load_network(str(acc / "denoising_unet_acc.pth"), config=config).config
+    assert (fast.default_steps, fast.guidance_scale) == (6, 1.0)  # acc: 6 steps, no CFG
+    assert (config.default_steps, config.guidance_scale) != (6, 1.0)
     (acc / "motion_module_acc.pth").unlink()
     with pytest.raises(MissingWeightsError, match=r"lacks motion_module_acc\.pth"):
         read_state_dict(str(acc / "denoising_unet_acc.pth"))
