@@ -20,7 +20,15 @@ EMO_SCHEDULER = {
     "clip_sample": False, "steps_offset": 1, "prediction_type": "epsilon", "set_alpha_to_one": False,
     "timestep_spacing": "leading",
 }
-FAMILY_SCHEDULERS = {"hallo": HALLO_SCHEDULER, "emo": EMO_SCHEDULER}
+# EchoMimic v1: configs/inference/inference_v2.yaml noise_scheduler_kwargs (standard and acc weights alike);
+# the same schedule as Hallo's. set_alpha_to_one is diffusers' default, which EchoMimic leaves alone: the
+# last DDIM step (prev_t < 0) lands on abar = 1.
+ECHOMIMIC_SCHEDULER = {
+    "num_train_timesteps": 1000, "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "linear",
+    "clip_sample": False, "steps_offset": 1, "prediction_type": "v_prediction",
+    "rescale_betas_zero_snr": True, "timestep_spacing": "trailing", "set_alpha_to_one": True,
+}
+FAMILY_SCHEDULERS = {"hallo": HALLO_SCHEDULER, "emo": EMO_SCHEDULER, "echomimic": ECHOMIMIC_SCHEDULER}
 # Sampler name -> diffusers class. All of them take the family's noise schedule (betas, prediction type,
 # zero-SNR rescaling, spacing); DDIM is the papers' sampler and the default.
 SAMPLERS = {

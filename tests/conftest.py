@@ -77,6 +77,18 @@ def parity_dir() -> Path:
     return Path(raw).resolve() if raw else SHARED / "parity" / "hallo-tiny"
 
 
+def echomimic_dir(*files: str) -> Path:
+    """The EchoMimic parity set (EMO_ECHOMIMIC_PARITY_DIR, default SHARED/parity/echomimic-tiny); skips naming
+    the first of `files` it lacks (fails when EMO_REQUIRE_PARITY=1)."""
+    raw = os.environ.get("EMO_ECHOMIMIC_PARITY_DIR")
+    d = Path(raw).resolve() if raw else SHARED / "parity" / "echomimic-tiny"
+    for name in files:
+        if not (d / name).is_file():
+            fixtures_missing(f"EchoMimic parity file {d / name} not found (set EMO_ECHOMIMIC_PARITY_DIR to the "
+                             "echomimic-tiny fixture directory)")
+    return d
+
+
 @pytest.fixture(scope="session")
 def parity():
     """(net_path, cases dict, metadata dict) of the parity fixture set, or skip saying why."""

@@ -16,6 +16,7 @@ sys.meta_path.insert(0, Block())
 import emo_core, emo_core.network, emo_core.checkpoint, emo_core.scheduling, emo_core.hallo_config
 import emo_core.audio, emo_core.wav2vec, emo_core.speed, emo_core.face, emo_core.face_hallo, emo_core.face_models
 import emo_core.sampler, emo_core.plan, emo_core.identity, emo_core.memory, emo_core.video_writer
+import emo_core.context_windows, emo_core.context_sampling
 assert 'mediapipe' not in sys.modules and 'cv2' not in sys.modules and 'onnxruntime' not in sys.modules
 assert 'av' not in sys.modules
 assert not any(m.split(".")[0] in {"comfy", "folder_paths"} for m in sys.modules)
