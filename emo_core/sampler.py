@@ -1,4 +1,6 @@
-"""The chunked EMO sampler: a whole video, clip after clip, motion frames carried over (paper, section 3).
+"""The chunked EMO sampler: a whole video, clip after clip, motion frames carried over (paper, section 3);
+or, for families that make long videos in context windows (EchoMimic), all frames per step in shifted,
+overlapping windows (sampler_windows.py).
 
 Memory is bounded by one clip: only the current clip's latents, conditions and ReferenceNet features live
 on the device; finished clips go to the CPU as small latents. Latents in and out follow ComfyUI: unscaled
@@ -17,6 +19,7 @@ from .finite import LATENT_FIX, require_finite
 from .models.conditions import ReferenceFeatures
 from .network import ClipConditions, EmoNet
 from .plan import ClipPlan, clip_seed, plan_clips
+from .sampler_windows import generate_in_windows
 from .scheduling import SAMPLERS, build_scheduler, denoise_clip
 
 log = logging.getLogger(__name__)
@@ -146,10 +149,11 @@ def generate(net: EmoNet, video: VideoConditions, settings: SamplerSettings = Sa
                codec, p.device, p.dtype, noise_fn)
     _check_inputs(run)
     _check_lengths(video)
-    plans = plan_clips(video.num_frames, run.clip_length, net.config.motion_frames)
-    log.info("EMO sampling: %d frames in %d clip(s) of %d, %d steps, guidance %.2f, %s, seed %d",
-             video.num_frames, len(plans), run.clip_length, settings.steps, run.guidance, settings.sampler,
-             settings.seed)
+    windows = net.config.long_video == "context_windows"
+    plans = [] if windows else plan_clips(video.num_frames, run.clip_length, net.config.motion_frames)
+    log.info("EMO sampling (%s family): %d frames in %s of %d, %d steps, guidance %.2f, %s, seed %d",
+             net.config.family, video.num_frames, "context windows" if windows else f"{len(plans)} clip(s)",
+             run.clip_length, settings.steps, run.guidance, settings.sampler, settings.seed)
     run.context, run.uncond_context = net.identity_tokens(
         None if video.identity is None else video.identity.reshape(1, -1), batch=1)
     reference = video.reference.to(run.device, torch.float32).unsqueeze(0) * SD15_LATENT_SCALE
@@ -158,6 +162,8 @@ def generate(net: EmoNet, video: VideoConditions, settings: SamplerSettings = Sa
     else:
         with torch.no_grad():
             ref = net.reference_features(reference, run.context, run.uncond_context, run.guidance > 1.0)
+    if windows:
+        return generate_in_windows(run, ref, SD15_LATENT_SCALE, on_step, check_cancel, before_clip)
     out = torch.empty(video.num_frames, *video.reference.shape, dtype=torch.float32)
     for plan in plans:
         check_cancel()

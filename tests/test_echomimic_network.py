@@ -205,3 +205,51 @@ def test_merged_file_written_by_us_round_trips(fixture, net, tmp_path):
     again = load_network(str(path))
     assert again.config == net.config
     assert all(torch.equal(again.state_dict()[k], v) for k, v in net.state_dict().items())
+
+
+def _video(cases, net, *, scale: float):
+    """The fixture's run as VideoConditions: the whisper tokens as (frames, window, layers, width) rows."""
+    from emo_core.sampler import VideoConditions
+
+    tokens = cases["audio.tokens"]
+    window = cases["audio.token_frame_index"].shape[1]
+    frames = cases["sample_context.noise"].shape[2]
+    return VideoConditions(reference=cases["reference.latents"][0] / scale,
+                           audio=tokens.reshape(tokens.shape[0], window, -1, tokens.shape[-1]),
+                           num_frames=frames, face_mask=cases["face_locator.in"][0, :, 0])
+
+
+@pytest.mark.parametrize("case", ["sample_context", "sample_acc"])
+def test_whole_run_in_context_windows_parity(fixture, net, case):
+    """EchoMimic's whole pipeline (windows shifted per step, averaged, CFG or none, DDIM on v) through the
+    sampler, from the fixture's noise: every step's latents and the final ones."""
+    from emo_core.sampler import SD15_LATENT_SCALE, SamplerSettings, generate
+
+    cases, meta, _ = fixture
+    steps = int(cases[f"{case}.num_inference_steps"])
+    g = float(cases[f"{case}.guidance_scale"])
+    video = _video(cases, net, scale=SD15_LATENT_SCALE)
+    assert video.num_frames == int(meta["video_length"]) and net.config.clip_length == int(meta["context_frames"])
+    seen = []
+    out = generate(net, video, SamplerSettings(steps=steps, guidance_scale=g, seed=int(meta["seed"])),
+                   noise_fn=lambda clip, shape: cases[f"{case}.noise"], on_step=lambda p: seen.append(p.step))
+    assert seen == list(range(1, steps + 1))
+    final = out.permute(1, 0, 2, 3).unsqueeze(0) * SD15_LATENT_SCALE
+    assert_close(final, cases[f"{case}.latents_final"], **_tol(5e-4))
+
+
+def test_the_seeded_noise_is_echomimics_clamped_noise(fixture, net, monkeypatch):
+    """Without a noise override the sampler draws EchoMimic's noise: randn from the seed, clamped to +-1.5."""
+    from emo_core import context_sampling
+    from emo_core.sampler import SD15_LATENT_SCALE, SamplerSettings, generate
+
+    cases, meta, _ = fixture
+    drawn = []
+    real = context_sampling.initial_noise
+
+    def spy(seed, shape, clamp):
+        drawn.append(real(seed, shape, clamp))
+        return drawn[-1]
+    monkeypatch.setattr("emo_core.sampler_windows.initial_noise", spy)
+    generate(net, _video(cases, net, scale=SD15_LATENT_SCALE), SamplerSettings(steps=1, seed=int(meta["seed"])))
+    assert_close(drawn[0], cases["sample_context.noise"], atol=0, rtol=0)
