@@ -77,6 +77,21 @@ def parity_dir() -> Path:
     return Path(raw).resolve() if raw else SHARED / "parity" / "hallo-tiny"
 
 
+def echomimic_parity_dir() -> Path:
+    """The EchoMimic v1 fixture set: EMO_ECHOMIMIC_PARITY_DIR, default ../shared/parity/echomimic-tiny."""
+    raw = os.environ.get("EMO_ECHOMIMIC_PARITY_DIR")
+    return Path(raw).resolve() if raw else SHARED / "parity" / "echomimic-tiny"
+
+
+def echomimic_file(*parts: str) -> Path:
+    """A file or folder of the EchoMimic fixture set, or skip naming it (see fixtures_missing)."""
+    path = echomimic_parity_dir().joinpath(*parts)
+    if not path.exists():
+        fixtures_missing(f"EchoMimic parity fixture {path} not found (set EMO_ECHOMIMIC_PARITY_DIR to the "
+                         "echomimic-tiny fixture directory)")
+    return path
+
+
 @pytest.fixture(scope="session")
 def parity():
     """(net_path, cases dict, metadata dict) of the parity fixture set, or skip saying why."""
