@@ -245,3 +245,26 @@ def _encode_segments(encoder, mel: torch.Tensor, spill: bool, check_cancel) -> t
             out[done:done + keep] = part
         done += keep
     return out
+
+
+def whisper_features_bytes(samples: int, sample_rate: int, layers: int, width: int, n_mels: int = 80,
+                           heads: int = 6, spill_seconds: float = SPILL_SECONDS) -> dict:
+    """Peak extra host bytes of extract_whisper_features for `samples` samples (per channel) at `sample_rate`:
+    the float32 16 kHz signal (resampled in blocks, through float64 blocks), the log-mel, one segment's encoder
+    activations, and the (rows, layers, width) features unless they go to a temporary file (audio longer than
+    `spill_seconds`; whisper_features_disk_bytes)."""
+    s16 = math.ceil(samples * SAMPLE_RATE / sample_rate)
+    rows = s16 // HOP // 2
+    mel = n_mels * (s16 // HOP) * 4
+    segment = SEGMENT_FRAMES // 2 * ((layers + 4) * width + heads * SEGMENT_FRAMES // 2) * 4
+    parts = {"audio processing": 3 * 4 * s16 + mel + segment}
+    if s16 / SAMPLE_RATE <= spill_seconds:
+        parts["audio features"] = rows * layers * width * 4
+    return parts
+
+
+def whisper_features_disk_bytes(samples: int, sample_rate: int, layers: int, width: int,
+                                spill_seconds: float = SPILL_SECONDS) -> int:
+    """Temporary-file bytes of the features (0 when they stay in memory)."""
+    s16 = math.ceil(samples * SAMPLE_RATE / sample_rate)
+    return 0 if s16 / SAMPLE_RATE <= spill_seconds else s16 // HOP // 2 * layers * width * 4
