@@ -303,3 +303,21 @@ def test_old_torch_refuses_the_pickle_with_the_convert_sentence(monkeypatch):
     with pytest.raises(EmoError, match="convert") as err:
         load_whisper(str(echomimic_file("whisper_tiny.pt")))
     assert "CVE-2025-32434" in str(err.value)
+
+
+def test_folder_of_a_conditional_generation_checkpoint_loads_its_encoder(tmp_path, cases):
+    """Hugging Face's openai/whisper-* folders are WhisperForConditionalGeneration: keys under `model.`."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    source = echomimic_file("whisper-hf")
+    folder = tmp_path / "whisper-cg"
+    folder.mkdir()
+    shutil.copy(source / "config.json", folder / "config.json")
+    state = {f"model.{k}": v for k, v in load_file(str(source / "model.safetensors")).items()}
+    state["proj_out.weight"] = torch.zeros(2, 2)
+    save_file(state, str(folder / "model.safetensors"))
+    tensors, meta = cases
+    feats = extract_whisper_features(load_whisper(str(folder)), tensors["audio.waveform"], fps_of(meta))
+    close(feats.rows(), tensors["audio.features"], FEATURE_TOL)
