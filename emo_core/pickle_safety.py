@@ -42,18 +42,24 @@ def load_pickle_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
     A file whose top level is {"state_dict": {...}} (Lightning) gives that inner dict.
     """
-    check_pickle_allowed(path)
     name = os.path.basename(path)
-    try:
-        data = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # UnpicklingError, RuntimeError, EOFError...: all mean "not plain tensors"
-        # torch's own text advises weights_only=False, i.e. running the file's code: never show that.
-        log.debug("torch.load(weights_only=True) refused %s: %s", path, err)
-        raise IncompatibleCheckpointError(
-            f"'{name}' holds more than plain tensors (pickled code or objects, or a damaged file) and was not "
-            "loaded; use a .safetensors file or a checkpoint from a source you trust") from None
+    data = load_pickle(path)
     if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
         data = data["state_dict"]
     if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
         raise IncompatibleCheckpointError(f"'{name}' does not hold a flat dict of tensors")
     return data
+
+
+def load_pickle(path: str | os.PathLike):
+    """What a .pth/.pt file holds (tensors, numbers, strings, dicts and lists of them), never running code from
+    it; e.g. OpenAI's whisper checkpoints are {"dims": {...}, "model_state_dict": {...}}."""
+    check_pickle_allowed(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # UnpicklingError, RuntimeError, EOFError...: all mean "not plain tensors"
+        # torch's own text advises weights_only=False, i.e. running the file's code: never show that.
+        log.debug("torch.load(weights_only=True) refused %s: %s", path, err)
+        raise IncompatibleCheckpointError(
+            f"'{os.path.basename(path)}' holds more than plain tensors (pickled code or objects, or a damaged file) "
+            "and was not loaded; use a .safetensors file or a checkpoint from a source you trust") from None

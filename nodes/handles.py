@@ -33,12 +33,14 @@ class EmoModel:
 
 @dataclass(eq=False)
 class AudioEncoder:
-    """EMO_AUDIO_ENCODER: a transformers Wav2Vec2Model in eval mode (fp32, on its offload device), its
-    file or folder, and ComfyUI's ModelPatcher (or None)."""
+    """EMO_AUDIO_ENCODER: a transformers Wav2Vec2Model or WhisperEncoder in eval mode (fp32, on its offload
+    device), its file or folder, ComfyUI's ModelPatcher (or None) and its kind: "wav2vec2" (EMO, Hallo) or
+    "whisper" (EchoMimic)."""
     model: Any
     path: str
     device: torch.device = torch.device("cpu")
     patcher: Any = None
+    kind: str = "wav2vec2"
 
 
 @dataclass(eq=False)

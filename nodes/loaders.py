@@ -10,6 +10,9 @@ from .handles import AudioEncoder, EmoModel, FaceEmbedderHandle
 
 log = logging.getLogger(__name__)
 PRECISIONS = ["auto", "fp16", "bf16", "fp32"]
+# wav2vec2 as .safetensors; OpenAI's whisper checkpoints (EchoMimic's whisper_tiny.pt) are .pt pickles, read
+# with torch.load(weights_only=True) only (emo_core.pickle_safety).
+AUDIO_ENCODER_EXTENSIONS = {".safetensors", ".pt"}
 
 
 def _choices(names: list[str], folder: str) -> list[str]:
@@ -47,27 +50,33 @@ class EmoModelLoader:
 
 
 class EmoAudioEncoderLoader:
-    """Loads wav2vec2 (e.g. wav2vec2-base-960h) as a single safetensors file or a Hugging Face folder."""
+    """Loads the audio encoder: wav2vec2 (EMO, Hallo: e.g. wav2vec2-base-960h as a single safetensors file or a
+    Hugging Face folder) or whisper (EchoMimic: its whisper_tiny.pt, or a Hugging Face whisper folder)."""
     CATEGORY = "EMO/loaders"
     RETURN_TYPES = ("EMO_AUDIO_ENCODER",)
     RETURN_NAMES = ("audio_encoder",)
     FUNCTION = "load"
-    DESCRIPTION = "Load a wav2vec2 audio encoder from models/audio_encoders."
+    DESCRIPTION = "Load a wav2vec2 (EMO, Hallo) or whisper (EchoMimic) audio encoder from models/audio_encoders."
 
     @classmethod
     def INPUT_TYPES(cls):
-        names = services.list_models(services.AUDIO_FOLDER, {".safetensors"}, with_dirs=True)
+        names = services.list_models(services.AUDIO_FOLDER, AUDIO_ENCODER_EXTENSIONS, with_dirs=True)
         return {"required": {"encoder_name": (_choices(names, services.AUDIO_FOLDER), {
-            "tooltip": "wav2vec2-base-960h: ComfyUI's single-file .safetensors or the Hugging Face folder."})}}
+            "tooltip": "EMO and Hallo: wav2vec2-base-960h (ComfyUI's single-file .safetensors or the Hugging Face "
+                       "folder). EchoMimic: its whisper_tiny.pt (OpenAI's whisper-tiny) or a whisper folder."})}}
 
     def load(self, encoder_name):
         from ..emo_core.wav2vec import load_wav2vec
+        from ..emo_core.whisper_model import is_whisper, load_whisper
 
-        path = services.model_path(services.AUDIO_FOLDER, encoder_name, {".safetensors"}, allow_dir=True)
-        # fp32 always: the encoder is small and Hallo's features are computed in fp32.
-        model = load_wav2vec(path, device=services.offload_device())
+        path = services.model_path(services.AUDIO_FOLDER, encoder_name, AUDIO_ENCODER_EXTENSIONS, allow_dir=True)
+        kind = "whisper" if is_whisper(path) else "wav2vec2"
+        # fp32 always: the encoders are small, and Hallo's and EchoMimic's features are computed in fp32.
+        load = load_whisper if kind == "whisper" else load_wav2vec
+        model = load(path, device=services.offload_device())
         device = services.torch_device()
-        return (AudioEncoder(model, path, device, services.wrap_model(model, device)),)
+        log.info("audio encoder %s: %s", encoder_name, kind)
+        return (AudioEncoder(model, path, device, services.wrap_model(model, device), kind),)
 
 
 class EmoFaceEmbedderLoader:

@@ -59,3 +59,24 @@ def check_audio_features(audio: dict, fps: float, clip_length: int, encoder, ava
     padded = math.ceil(frames / clip_length) * clip_length
     if features_spill(padded, fps, AudioSettings.chunk_seconds):
         require_disk_space(padded * cfg.num_hidden_layers * cfg.hidden_size * F32, what)
+
+
+def check_whisper_features(audio: dict, encoder, available=None) -> None:
+    """Before extracting whisper features (EchoMimic): signal, log-mel and features must fit in RAM (the features
+    on the temporary disk instead when the audio is long)."""
+    from ..emo_core.whisper_audio import whisper_features_bytes, whisper_features_disk_bytes
+
+    cfg = getattr(encoder, "config", None)
+    wave = audio.get("waveform") if isinstance(audio, dict) else None
+    if cfg is None or wave is None or not hasattr(wave, "shape") or "sample_rate" not in audio:
+        return  # bad input is the extractor's to explain
+    samples, rate = int(wave.shape[-1]), int(audio["sample_rate"])
+    if samples < 1 or rate < 1:
+        return
+    layers, width = cfg.encoder_layers + 1, cfg.d_model
+    what = f"the whisper features of {samples / rate:.0f} s of audio"
+    parts = whisper_features_bytes(samples, rate, layers, width, cfg.num_mel_bins, cfg.encoder_attention_heads)
+    check_host_memory(MemoryEstimate(parts, what), SPLIT, available)
+    disk = whisper_features_disk_bytes(samples, rate, layers, width)
+    if disk:
+        require_disk_space(disk, what)

@@ -77,16 +77,26 @@ def parity_dir() -> Path:
     return Path(raw).resolve() if raw else SHARED / "parity" / "hallo-tiny"
 
 
-def echomimic_dir(*files: str) -> Path:
-    """The EchoMimic parity set (EMO_ECHOMIMIC_PARITY_DIR, default SHARED/parity/echomimic-tiny); skips naming
-    the first of `files` it lacks (fails when EMO_REQUIRE_PARITY=1)."""
+def echomimic_parity_dir() -> Path:
+    """The EchoMimic v1 fixture set: EMO_ECHOMIMIC_PARITY_DIR, default ../shared/parity/echomimic-tiny."""
     raw = os.environ.get("EMO_ECHOMIMIC_PARITY_DIR")
-    d = Path(raw).resolve() if raw else SHARED / "parity" / "echomimic-tiny"
+    return Path(raw).resolve() if raw else SHARED / "parity" / "echomimic-tiny"
+
+
+def echomimic_file(*parts: str) -> Path:
+    """A file or folder of the EchoMimic fixture set, or skip naming it (see fixtures_missing)."""
+    path = echomimic_parity_dir().joinpath(*parts)
+    if not path.exists():
+        fixtures_missing(f"EchoMimic parity fixture {path} not found (set EMO_ECHOMIMIC_PARITY_DIR to the "
+                         "echomimic-tiny fixture directory)")
+    return path
+
+
+def echomimic_dir(*files: str) -> Path:
+    """The EchoMimic parity set, after checking it holds `files` (skips naming the first missing one)."""
     for name in files:
-        if not (d / name).is_file():
-            fixtures_missing(f"EchoMimic parity file {d / name} not found (set EMO_ECHOMIMIC_PARITY_DIR to the "
-                             "echomimic-tiny fixture directory)")
-    return d
+        echomimic_file(name)
+    return echomimic_parity_dir()
 
 
 @pytest.fixture(scope="session")

@@ -5,7 +5,6 @@ banks, one CFG step). The fixture set comes from EMO_ECHOMIMIC_PARITY_DIR (defau
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
@@ -20,21 +19,13 @@ from emo_core.echomimic_config import config_from_echomimic
 from emo_core.errors import IncompatibleCheckpointError, MissingWeightsError
 from emo_core.network import ClipConditions, EmoNet
 
-from conftest import SHARED, fixtures_missing
+from conftest import echomimic_file, echomimic_parity_dir, fixtures_missing
 
 PART_FILES = ("reference_unet.pth", "denoising_unet.pth", "motion_module.pth", "face_locator.pth")
 
 
-def echomimic_dir() -> Path:
-    raw = os.environ.get("EMO_ECHOMIMIC_PARITY_DIR")
-    return Path(raw).resolve() if raw else SHARED / "parity" / "echomimic-tiny"
-
-
 def _file(name: str) -> Path:
-    path = echomimic_dir() / name
-    if not path.is_file():
-        fixtures_missing(f"EchoMimic fixture {path} not found (set EMO_ECHOMIMIC_PARITY_DIR)")
-    return path
+    return echomimic_file(name)
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +50,7 @@ def _tol(x: float) -> dict:
 def test_the_merged_file_and_the_four_files_load_the_same_network(fixture, net, tmp_path):
     _, _, config = fixture
     assert net.config == config and net.config.family == "echomimic"
-    folder = load_network(str(echomimic_dir()), config=config)
+    folder = load_network(str(echomimic_parity_dir()), config=config)
     one_part = load_network(str(_file("denoising_unet.pth")), config=config)
     expected = net.state_dict()
     for other in (folder, one_part):
@@ -72,7 +63,7 @@ def test_denoising_file_wins_over_the_motion_module_file_and_acc_names_pick_acc_
     """EchoMimic loads motion_module.pth into the UNet, then denoising_unet.pth over it (strict=False)."""
     for name in PART_FILES:
         _file(name)
-    src = echomimic_dir()
+    src = echomimic_parity_dir()
     for name in PART_FILES:
         shutil.copy(src / name, tmp_path / name)
     motion = torch.load(src / "motion_module.pth", weights_only=True)
@@ -102,7 +93,7 @@ def test_denoising_file_wins_over_the_motion_module_file_and_acc_names_pick_acc_
 def test_full_size_keys_map_to_the_full_size_network_with_their_shapes():
     """Every key of EchoMimic's released files (full-size list) is a tensor of EmoNet(echomimic_preset())
     with the same shape, and the network has no other tensor."""
-    listing = echomimic_dir().parent / "keys-echomimic-full.txt"
+    listing = echomimic_parity_dir().parent / "keys-echomimic-full.txt"
     if not listing.is_file():
         fixtures_missing(f"{listing} not found (the full-size key list beside the EchoMimic fixture)")
     expected, prefix = {}, None
@@ -195,7 +186,7 @@ def test_the_tiny_files_without_their_config_say_what_does_not_fit(fixture):
     """Full-size files carry no config, so a folder loads with the released configuration; tiny weights
     then fail with the shape mismatches named, not a crash."""
     with pytest.raises(IncompatibleCheckpointError, match=r"family 'echomimic' does not fit.*shape mismatches"):
-        load_network(str(echomimic_dir()))
+        load_network(str(echomimic_parity_dir()))
 
 
 def test_merged_file_written_by_us_round_trips(fixture, net, tmp_path):
