@@ -26,18 +26,28 @@ def _check_sizes(reference, face_region) -> None:
 
 
 def _check_features(emo_model, audio_features) -> None:
-    """The features must be cut for this model's clips and cover every frame of its last clip."""
+    """The features must come from the encoder this family uses, be cut for this model's clips and cover
+    every frame of its last clip (context windows: every frame)."""
+    from ..emo_core.whisper_audio import WhisperFeatures
+
     cfg, feats = emo_model.config, audio_features.features
+    whisper = isinstance(feats, WhisperFeatures)
+    if whisper != (cfg.family == "echomimic"):
+        made, wants = ("whisper", "wav2vec2") if whisper else ("wav2vec2", "whisper")
+        raise InvalidInputError(f"the audio features were made by {made} but this {cfg.family} model takes {wants} "
+                                "features; re-run EMO Audio Features with the same EMO Model Loader")
     made = (audio_features.clip_length, audio_features.motion_frames, feats.window)
-    want = (cfg.clip_length, cfg.motion_frames, cfg.audio_projection.window)
+    want = (cfg.clip_length, cfg.motion_frames, feats.window if whisper else cfg.audio_projection.window)
     if made != want:
         raise InvalidInputError(f"the audio features were made for clips of {made[0]} frames with {made[1]} motion "
                                 f"frames and {made[2]}-frame windows, but this EMO model uses {want[0]}, {want[1]} "
                                 f"and {want[2]}; re-run EMO Audio Features with the same EMO Model Loader")
-    needed = -(-feats.num_frames // cfg.clip_length) * cfg.clip_length
+    windows = cfg.long_video == "context_windows"
+    needed = feats.num_frames if windows else -(-feats.num_frames // cfg.clip_length) * cfg.clip_length
     if feats.padded_frames < needed:
+        clips = "" if windows else f" in whole clips of {cfg.clip_length}"
         raise InvalidInputError(f"the audio features cover {feats.padded_frames} frames but the video needs "
-                                f"{needed} ({feats.num_frames} frames in whole clips of {cfg.clip_length}); re-run "
+                                f"{needed} ({feats.num_frames} frames{clips}); re-run "
                                 "EMO Audio Features with the same EMO Model Loader")
 
 
@@ -95,7 +105,7 @@ class EmoSampler:
         settings = SamplerSettings(steps=steps, guidance_scale=cfg, seed=seed, sampler=sampler_name,
                                    motion_scale=(pose_weight, face_weight, lip_weight))
         net = services.load_on_device(emo_model.net, emo_model.patcher, emo_model.device)
-        clips = -(-feats.num_frames // net.config.clip_length)
+        clips = 1 if net.config.long_video == "context_windows" else -(-feats.num_frames // net.config.clip_length)
         latents = generate(net, video, settings, codec=_vae_codec(vae),
                            on_step=services.ProgressReporter(clips * steps), check_cancel=services.check_interrupt,
                            before_clip=lambda: services.load_on_device(net, emo_model.patcher, emo_model.device))

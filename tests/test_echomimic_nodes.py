@@ -1,0 +1,80 @@
+"""EchoMimic v1 through the nodes without ComfyUI: its merged checkpoint and whisper_tiny.pt from the models
+folders, a portrait with a drawn face mask, real speech, down to a LATENT of exactly the audio's frame count;
+features made for another family are refused at the sampler with one sentence."""
+from __future__ import annotations
+
+import math
+import shutil
+
+import pytest
+import torch
+
+from comfy_fakes import TinyVAE, load_audio, load_image
+from conftest import echomimic_file, load_pack, parity_dir, write_parity_checkpoint
+
+pack = load_pack()
+N = pack.NODE_CLASS_MAPPINGS
+errors = pack.emo_core.errors
+
+
+def run(node_id, **kwargs):
+    node = N[node_id]()
+    out = getattr(node, node.FUNCTION)(**kwargs)
+    return out["result"] if isinstance(out, dict) else out
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory, parity):
+    root = tmp_path_factory.mktemp("models")
+    (root / "emo").mkdir()
+    (root / "audio_encoders").mkdir()
+    shutil.copy(echomimic_file("net.safetensors"), root / "emo" / "echomimic_tiny.safetensors")
+    shutil.copy(echomimic_file("whisper_tiny.pt"), root / "audio_encoders" / "whisper_tiny.pt")
+    write_parity_checkpoint(root / "emo" / "hallo_tiny.safetensors", parity[2])
+    shutil.copytree(parity_dir() / "wav2vec2", root / "audio_encoders" / "wav2vec2-tiny")
+    return root
+
+
+@pytest.fixture
+def env(models, monkeypatch):
+    monkeypatch.setenv("EMO_MODELS_DIR", str(models))
+    return models
+
+
+def _inputs(model, encoder_name, seconds, fps, size=64):
+    (encoder,) = run("EMO_AudioEncoderLoader", encoder_name=encoder_name)
+    vae = TinyVAE()
+    portrait = load_image("portrait_astronaut_512.png", size)
+    (reference,) = run("EMO_ReferenceEncode", emo_model=model, vae=vae, image=portrait)
+    feats, frames, fps = run("EMO_AudioFeatures", emo_model=model, audio_encoder=encoder,
+                             audio=load_audio("speech_en_16k_mono.wav", seconds), fps=fps)
+    mask = torch.zeros(1, size, size)
+    mask[:, size // 4: 3 * size // 4, size // 4: 3 * size // 4] = 1
+    region, _ = run("EMO_FaceLocator", emo_model=model, image=portrait, expand_ratio=1.2, face_mask=mask)
+    return reference, feats, frames, region, vae
+
+
+def test_echomimic_chain_gives_every_frame_in_context_windows(env):
+    (model,) = run("EMO_ModelLoader", model_name="echomimic_tiny.safetensors", precision="fp32")
+    cfg = model.config
+    assert cfg.family == "echomimic" and cfg.long_video == "context_windows"
+    fps = cfg.default_fps
+    seconds = (2 * cfg.clip_length + 1) / fps  # more frames than two windows: overlap and wrap-around run
+    reference, feats, frames, region, vae = _inputs(model, "whisper_tiny.pt", seconds, fps)
+    assert frames == math.ceil(int(16000 * seconds) / 16000 * fps)  # load_audio keeps int(rate x seconds)
+    (latent,) = run("EMO_Sampler", emo_model=model, reference=reference, audio_features=feats, face_region=region,
+                    seed=1, steps=2, cfg=cfg.guidance_scale, sampler_name="ddim", vae=vae)
+    assert latent["samples"].shape == (frames, 4, 8, 8) and torch.isfinite(latent["samples"]).all()
+
+
+def test_features_of_another_family_are_refused_at_the_sampler(env):
+    (echo,) = run("EMO_ModelLoader", model_name="echomimic_tiny.safetensors", precision="fp32")
+    (hallo,) = run("EMO_ModelLoader", model_name="hallo_tiny.safetensors", precision="fp32")
+    reference, whisper_feats, _, region, _ = _inputs(echo, "whisper_tiny.pt", 0.6, 24.0)
+    h_reference, wav2vec_feats, _, h_region, _ = _inputs(hallo, "wav2vec2-tiny", 0.6, 25.0)
+    with pytest.raises(errors.InvalidInputError, match="made by wav2vec2 but this echomimic model takes whisper"):
+        run("EMO_Sampler", emo_model=echo, reference=reference, audio_features=wav2vec_feats, face_region=region,
+            seed=1, steps=1, cfg=2.5, sampler_name="ddim")
+    with pytest.raises(errors.InvalidInputError, match="made by whisper but this hallo model takes wav2vec2"):
+        run("EMO_Sampler", emo_model=hallo, reference=h_reference, audio_features=whisper_feats,
+            face_region=h_region, seed=1, steps=1, cfg=3.5, sampler_name="ddim")
