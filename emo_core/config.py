@@ -15,7 +15,8 @@ from .errors import InvalidConfigError
 
 SD15_DOWN_BLOCKS = ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",)
 SD15_UP_BLOCKS = ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3
-FAMILIES = ("emo", "hallo")
+FAMILIES = ("emo", "hallo", "hallo2")
+HALLO_LAYOUT = ("hallo", "hallo2")  # families that load Hallo's net.pth layout (same keys, same network)
 AUDIO_FORMS = ("single", "hierarchical")
 REFERENCE_ROWS = ("shared", "cfg_tiled")
 FIRST_MOTION = ("zeros", "reference")
@@ -182,6 +183,8 @@ class EmoNetConfig:
     `motion_source` is how later clips get theirs from the previous clip's last n frames: `latents`
     (EMO: the generated latents) or `pixels` (Hallo: decoded to pixels and re-encoded by the VAE).
     `guidance_scale` is the family's default classifier-free guidance scale.
+    `motion_pixel_drop` (Hallo2, scripts/inference_long.py `use_mask`/`mask_rate`): the fraction of motion-frame
+    pixels set to 0 (in [-1, 1]) before they are VAE-encoded, outside the face-region box; 0 = Hallo.
     """
     family: str = "emo"
     unet: UNetConfig = field(default_factory=UNetConfig)
@@ -197,6 +200,12 @@ class EmoNetConfig:
     first_motion: str = "zeros"
     motion_source: str = "latents"
     guidance_scale: float = 3.5
+    motion_pixel_drop: float = 0.0
+
+    @property
+    def is_hallo_layout(self) -> bool:
+        """Hallo's net.pth layout and inference conventions (Hallo and Hallo2 share both)."""
+        return self.family in HALLO_LAYOUT
 
     def validate(self) -> EmoNetConfig:
         _require(self.family in FAMILIES, "family", self.family, f"choose one of {FAMILIES}")
@@ -207,6 +216,9 @@ class EmoNetConfig:
         _require(self.motion_source in MOTION_SOURCES, "motion_source", self.motion_source,
                  f"choose one of {MOTION_SOURCES}")
         _require(self.guidance_scale >= 0, "guidance_scale", self.guidance_scale, "need >= 0")
+        _require(0 <= self.motion_pixel_drop < 1, "motion_pixel_drop", self.motion_pixel_drop, "need 0 <= rate < 1")
+        _require(self.motion_pixel_drop == 0 or self.motion_source == "pixels", "motion_pixel_drop",
+                 self.motion_pixel_drop, "pixels are dropped before re-encoding: needs motion_source='pixels'")
         _require(self.motion_frames <= self.clip_length, "motion_frames", self.motion_frames,
                  f"the motion frames come from one clip: need <= clip_length={self.clip_length}")
         _require(self.clip_length >= 1, "clip_length", self.clip_length, "need >= 1")
@@ -278,3 +290,9 @@ def hallo_preset(**overrides: Any) -> EmoNetConfig:
         first_motion="reference", motion_source="pixels", guidance_scale=3.5,
     )
     return dataclasses.replace(base, **overrides).validate()
+
+
+def hallo2_preset(**overrides: Any) -> EmoNetConfig:
+    """Hallo2 (configs/inference/long.yaml): Hallo's network and settings, 25% of the motion-frame pixels
+    dropped outside the face box (`use_mask: true`, `mask_rate: 0.25`)."""
+    return hallo_preset(**{"family": "hallo2", "motion_pixel_drop": 0.25, **overrides})

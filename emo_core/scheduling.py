@@ -20,7 +20,7 @@ EMO_SCHEDULER = {
     "clip_sample": False, "steps_offset": 1, "prediction_type": "epsilon", "set_alpha_to_one": False,
     "timestep_spacing": "leading",
 }
-FAMILY_SCHEDULERS = {"hallo": HALLO_SCHEDULER, "emo": EMO_SCHEDULER}
+FAMILY_SCHEDULERS = {"hallo": HALLO_SCHEDULER, "hallo2": HALLO_SCHEDULER, "emo": EMO_SCHEDULER}  # Hallo2: long.yaml
 # Sampler name -> diffusers class. All of them take the family's noise schedule (betas, prediction type,
 # zero-SNR rescaling, spacing); DDIM is the papers' sampler and the default.
 SAMPLERS = {
