@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import shutil
 
 import pytest
@@ -13,8 +14,13 @@ from safetensors.torch import save_file
 from emo_core.checkpoint import FAMILY_CHOICES, load_network, read_state_dict, save_native
 from emo_core.config import hallo2_preset, hallo_preset
 from emo_core.errors import IncompatibleCheckpointError, InvalidConfigError, InvalidInputError
+from emo_core.motion_drop import drop_pixels, keep_mask
+from emo_core.network import EmoNet
+from emo_core.plan import clip_seed
+from emo_core.sampler import SD15_LATENT_SCALE, SamplerSettings, VaeCodec, VideoConditions, generate
 from emo_core.scheduling import build_scheduler
 
+from comfy_fakes import TinyVAE
 
 H = W = 8  # latent size: 64 px
 BOX = (slice(16, 40), slice(24, 56))  # the face box in pixels (rows, columns)
@@ -48,6 +54,198 @@ def test_hallo2_is_hallo_plus_the_pixel_drop():
     with pytest.raises(InvalidConfigError, match="motion_source"):
         hallo2_preset(motion_source="latents")
     assert build_scheduler("hallo2").config == build_scheduler("hallo").config
+
+
+# --- the rule on its own ---------------------------------------------------------------------------------
+
+def test_drop_on_a_hand_made_mask_sets_dropped_pixels_to_zero_in_minus_one_one():
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(3, H * 8, W * 8, 3, generator=g)
+    keep = hand_mask()
+    out = drop_pixels(images, keep, None)
+    signed_in, signed_out = images * 2 - 1, out * 2 - 1  # Hallo2 works on [-1, 1] pixels
+    assert torch.equal(signed_out, signed_in * keep[None, :, :, None])
+    for y, x in ((0, 0), (0, 1), (5, 7), (H * 8 - 1, 4)):  # a few pixels by hand, every frame and channel
+        want = images[:, y, x] if keep[y, x] else torch.full((3, 3), 0.5)
+        assert torch.equal(out[:, y, x], want)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_the_face_box_is_never_dropped(channels):
+    images = torch.rand(2, H * 8, W * 8, 3, generator=torch.Generator().manual_seed(1))
+    nothing_kept = torch.zeros(H * 8, W * 8, dtype=torch.bool)
+    out = drop_pixels(images, nothing_kept, face_mask(channels))
+    assert torch.equal(out[:, BOX[0], BOX[1]], images[:, BOX[0], BOX[1]])
+    outside = torch.ones(H * 8, W * 8, dtype=torch.bool)
+    outside[BOX[0], BOX[1]] = False
+    assert (out[:, outside] == 0.5).all()
+
+
+def test_bad_mask_shapes_are_refused():
+    images = torch.rand(1, 64, 64, 3)
+    with pytest.raises(InvalidInputError, match="pixel-drop mask"):
+        drop_pixels(images, torch.ones(32, 32, dtype=torch.bool), None)
+    with pytest.raises(InvalidInputError, match="face mask"):
+        drop_pixels(images, torch.ones(64, 64, dtype=torch.bool), face_mask(3, (32, 32)))
+
+
+def test_the_mask_is_seeded_per_clip_on_its_own_stream():
+    size = (64, 64)
+    assert torch.equal(keep_mask(7, 2, size, 0.25), keep_mask(7, 2, size, 0.25))
+    assert not torch.equal(keep_mask(7, 2, size, 0.25), keep_mask(7, 3, size, 0.25))
+    assert not torch.equal(keep_mask(7, 2, size, 0.25), keep_mask(8, 2, size, 0.25))
+    assert clip_seed(7, 2, 1) != clip_seed(7, 2)  # not the clip noise's seed
+    assert keep_mask(7, 2, size, 0.0).all()
+
+
+@pytest.mark.parametrize("rate", [0.1, 0.25, 0.6])
+def test_the_fraction_dropped_outside_the_box_is_the_rate(rate):
+    """Fixed seeds, so no flake; the bound is ~10 binomial standard deviations at 256x256."""
+    size = (256, 256)
+    box = torch.zeros(3, *size)
+    box[:, 40:120, 60:200] = 1
+    outside = box[0] == 0
+    for clip in range(3):
+        out = drop_pixels(torch.ones(1, *size, 3), keep_mask(11, clip, size, rate), box)
+        dropped = (out[0, ..., 0] == 0.5)
+        assert not dropped[~outside].any()
+        fraction = dropped[outside].float().mean().item()
+        sigma = math.sqrt(rate * (1 - rate) / outside.sum().item())
+        assert abs(fraction - rate) < 10 * sigma, (clip, fraction)
+
+
+# --- the rule in the sampler -----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def nets(parity_checkpoint, parity_net):
+    """The parity net as Hallo, as Hallo2, and as Hallo2 with rate 0 (same weights)."""
+    hallo2 = load_network(str(parity_checkpoint), family="hallo2")
+    zero = load_network(str(parity_checkpoint), config=dataclasses.replace(hallo2.config, motion_pixel_drop=0.0))
+    return parity_net, hallo2, zero
+
+
+def hallo_video(net, frames, seed=1, image=True):
+    ap = net.config.audio_projection
+    g = torch.Generator().manual_seed(seed)
+    levels = len(net.config.unet.block_out_channels)
+    sizes = [(H // 2 ** lv) * (W // 2 ** lv) for lv in range(levels)]
+    masks = tuple([torch.ones(1, s) for s in sizes] for _ in range(3))
+    return VideoConditions(reference=torch.randn(4, H, W, generator=g),
+                           audio=torch.randn(frames, ap.window, ap.blocks, ap.channels, generator=g),
+                           num_frames=frames, face_mask=face_mask(net.config.face_locator.conditioning_channels),
+                           masks=masks, identity=torch.randn(net.config.identity.embedding_dim, generator=g),
+                           reference_image=torch.rand(H * 8, W * 8, 3, generator=g) if image else None)
+
+
+class RecordingVAE(TinyVAE):
+    def __init__(self):
+        super().__init__()
+        self.inputs = []
+
+    def encode(self, image):
+        self.inputs.append(image.clone())
+        return super().encode(image)
+
+    def codec(self):
+        return VaeCodec(encode=self.encode, decode=self.decode)
+
+
+def kept(keep):
+    box = torch.zeros_like(keep)
+    box[BOX[0], BOX[1]] = True
+    return (keep | box)[..., None]
+
+
+def test_reference_copies_and_carried_frames_are_dropped_before_encoding(nets, monkeypatch):
+    _, net, _ = nets
+    f, n = net.config.clip_length, net.config.motion_frames
+    seen, asked = [], []
+    original = EmoNet.with_motion
+
+    def spy(self, ref, motion, *args, **kwargs):
+        seen.append(motion.clone())
+        return original(self, ref, motion, *args, **kwargs)
+
+    def hook(clip, size):
+        asked.append((clip, size))
+        return hand_mask(size)
+
+    monkeypatch.setattr(EmoNet, "with_motion", spy)
+    vae, v = RecordingVAE(), hallo_video(net, f + 3)
+    out = generate(net, v, SamplerSettings(steps=1), codec=vae.codec(), drop_mask_fn=hook)
+    assert asked == [(0, (H * 8, W * 8)), (1, (H * 8, W * 8))]
+    keep = kept(hand_mask())
+    # First clip: the portrait's copies, pixels dropped, encoded (Hallo2 encodes the masked pixel copies).
+    first = torch.where(keep, v.reference_image, torch.tensor(0.5))[None]
+    assert torch.equal(vae.inputs[0], first)
+    expected = TinyVAE().encode(first) * SD15_LATENT_SCALE
+    torch.testing.assert_close(seen[0][0], expected.expand(n, -1, -1, -1), atol=1e-6, rtol=1e-6)
+    # Later clip: the previous clip's last n frames decoded, dropped with the same mask on every frame.
+    decoded = vae.decode(out[f - n:f]).clamp(0, 1)
+    torch.testing.assert_close(vae.inputs[1], torch.where(keep, decoded, torch.tensor(0.5)), atol=1e-6, rtol=0)
+
+
+def test_without_the_portrait_the_decoded_reference_is_dropped(nets):
+    _, net, _ = nets
+    vae, v = RecordingVAE(), hallo_video(net, 2, image=False)
+    generate(net, v, SamplerSettings(steps=1), codec=vae.codec(), drop_mask_fn=lambda clip, size: hand_mask(size))
+    decoded = vae.decode(v.reference[None]).clamp(0, 1)
+    torch.testing.assert_close(vae.inputs[0], torch.where(kept(hand_mask()), decoded, torch.tensor(0.5)),
+                               atol=1e-6, rtol=0)
+
+
+def consistent_video(net, frames):
+    """A video whose reference latent is the VAE's latent of its portrait (as EMO Reference Encode makes it)."""
+    v = hallo_video(net, frames)
+    v.reference = TinyVAE().encode(v.reference_image[None])[0]
+    return v
+
+
+def test_rate_zero_is_bit_identical_to_hallo_and_the_rule_changes_the_video(nets):
+    hallo, hallo2, zero = nets
+    assert zero.config.family == "hallo2" and zero.config.motion_pixel_drop == 0
+    f = hallo.config.clip_length
+    settings = SamplerSettings(steps=2, seed=5)
+    base = generate(hallo, consistent_video(hallo, f + 3), settings, codec=RecordingVAE().codec())
+    assert torch.equal(base, generate(zero, consistent_video(zero, f + 3), settings, codec=RecordingVAE().codec()))
+    # Keeping every pixel is Hallo again: the reference copies encode to the reference latent (to an ulp: the
+    # VAE's kernels may round a copy's latent differently), while Hallo2's seeded drop changes every clip.
+    keep_all = generate(hallo2, consistent_video(hallo2, f + 3), settings, codec=RecordingVAE().codec(),
+                        drop_mask_fn=lambda clip, size: torch.ones(size, dtype=torch.bool))
+    dropped = generate(hallo2, consistent_video(hallo2, f + 3), settings, codec=RecordingVAE().codec())
+    tolerance = 1e-3 * base.abs().max().item()
+    assert (keep_all - base).abs().max().item() < tolerance
+    for clip in (slice(0, f), slice(f, None)):
+        assert (dropped[clip] - base[clip]).abs().max().item() > 10 * tolerance
+
+
+def test_seeded_masks_same_seed_same_mask_other_clip_other_mask(nets, monkeypatch):
+    import emo_core.sampler as sampler_module
+
+    _, net, _ = nets
+    masks = []
+
+    def recording(seed, clip, size, rate):
+        masks.append((seed, clip, keep_mask(seed, clip, size, rate)))
+        return masks[-1][2]
+
+    monkeypatch.setattr(sampler_module, "keep_mask", recording)
+    f = net.config.clip_length
+    outs = [generate(net, hallo_video(net, f + 1), SamplerSettings(steps=1, seed=9), codec=RecordingVAE().codec())
+            for _ in range(2)]
+    assert torch.equal(outs[0], outs[1])
+    assert [(s, c) for s, c, _ in masks] == [(9, 0), (9, 1)] * 2
+    assert torch.equal(masks[0][2], masks[2][2]) and torch.equal(masks[1][2], masks[3][2])
+    assert not torch.equal(masks[0][2], masks[1][2])
+    rate = net.config.motion_pixel_drop
+    assert abs((~masks[0][2]).float().mean().item() - rate) < 0.1
+
+
+def test_without_a_vae_the_rule_is_skipped_and_said(nets, caplog):
+    _, net, _ = nets
+    with caplog.at_level("WARNING", logger="emo_core.sampler"):
+        out = generate(net, hallo_video(net, 2), SamplerSettings(steps=1))
+    assert torch.isfinite(out).all() and "pixel drop" in caplog.text
 
 
 # --- choosing the family ---------------------------------------------------------------------------------
