@@ -20,7 +20,8 @@ from emo_core.plan import clip_seed
 from emo_core.sampler import SD15_LATENT_SCALE, SamplerSettings, VaeCodec, VideoConditions, generate
 from emo_core.scheduling import build_scheduler
 
-from comfy_fakes import TinyVAE
+from comfy_fakes import TinyVAE, load_audio, load_image
+from conftest import load_pack, mediapipe_models_or_skip, parity_dir, write_parity_checkpoint
 
 H = W = 8  # latent size: 64 px
 BOX = (slice(16, 40), slice(24, 56))  # the face box in pixels (rows, columns)
@@ -285,3 +286,65 @@ def test_metadata_wins_over_the_name(parity_checkpoint, tmp_path):
     assert load_network(str(tmp_path / "hallo2" / "native.safetensors")).config.family == "hallo"
     net = load_network(str(tmp_path / "hallo2" / "native.safetensors"), family="hallo2")
     assert net.config.family == "hallo2"
+
+
+# --- the loader node -------------------------------------------------------------------------------------
+
+def test_loader_family_input_has_a_tooltip_and_defaults_to_today(parity_checkpoint, tmp_path, monkeypatch):
+    loader = load_pack().NODE_CLASS_MAPPINGS["EMO_ModelLoader"]
+    types = loader.INPUT_TYPES()
+    assert list(types["required"]) == ["model_name", "precision"]  # existing inputs unchanged
+    choices, options = types["optional"]["family"]
+    assert choices == list(FAMILY_CHOICES) and options["default"] == "auto"
+    assert "auto" in options["tooltip"] and "name" in options["tooltip"]
+    (tmp_path / "emo" / "hallo2").mkdir(parents=True)
+    shutil.copy(parity_checkpoint, tmp_path / "emo" / "hallo_tiny.safetensors")
+    shutil.copy(parity_checkpoint, tmp_path / "emo" / "hallo2" / "net.safetensors")
+    monkeypatch.setenv("EMO_MODELS_DIR", str(tmp_path))
+    assert {"hallo_tiny.safetensors", "hallo2/net.safetensors"} <= set(loader.INPUT_TYPES()["required"]["model_name"][0])
+
+    def load(name, **kwargs):
+        out = loader().load(model_name=name, precision="fp32", **kwargs)
+        return out["result"][0], out["ui"]["emo_model"][0]
+
+    model, info = load("hallo_tiny.safetensors")  # no family given: what the loader did before
+    assert model.config.family == info["family"] == "hallo" and info["motion_pixel_drop"] == 0
+    model, info = load("hallo_tiny.safetensors", family="hallo2")
+    assert model.config.family == info["family"] == "hallo2" and info["motion_pixel_drop"] == 0.25
+    assert load("hallo2/net.safetensors")[1]["family"] == "hallo2"
+
+
+def run(node_id, **kwargs):
+    node = load_pack().NODE_CLASS_MAPPINGS[node_id]()
+    out = getattr(node, node.FUNCTION)(**kwargs)
+    return out["result"] if isinstance(out, dict) else out
+
+
+def test_hallo2_through_the_nodes_drops_pixels_of_the_portrait(parity, tmp_path, monkeypatch):
+    """Loaded as Hallo2 by its folder name, the sampler node's first clip encodes the portrait itself (carried
+    in EMO_REFERENCE) with about the rate of its pixels outside the face box dropped, the box untouched."""
+    mediapipe_models_or_skip()
+    (tmp_path / "emo" / "hallo2").mkdir(parents=True)
+    write_parity_checkpoint(tmp_path / "emo" / "hallo2" / "net.safetensors", parity[2])
+    shutil.copytree(parity_dir() / "wav2vec2", tmp_path / "audio_encoders" / "wav2vec2-tiny")
+    monkeypatch.setenv("EMO_MODELS_DIR", str(tmp_path))
+    (model,) = run("EMO_ModelLoader", model_name="hallo2/net.safetensors", precision="fp32")
+    assert model.config.family == "hallo2"
+    (encoder,) = run("EMO_AudioEncoderLoader", encoder_name="wav2vec2-tiny")
+    vae, portrait = RecordingVAE(), load_image("portrait_astronaut_512.png", 128)
+    (reference,) = run("EMO_ReferenceEncode", emo_model=model, vae=vae, image=portrait)
+    feats, _, _ = run("EMO_AudioFeatures", emo_model=model, audio_encoder=encoder,
+                      audio=load_audio("speech_en_44k_stereo.wav", 0.3), fps=25.0)
+    region, _ = run("EMO_FaceLocator", emo_model=model, image=portrait, expand_ratio=1.2)
+    vae.inputs.clear()
+    run("EMO_Sampler", emo_model=model, reference=reference, audio_features=feats, face_region=region, seed=4,
+        steps=1, cfg=3.5, sampler_name="ddim", vae=vae)
+    first, image = vae.inputs[0][0], portrait[0]
+    box = region.region.mask[0] > 0
+    assert box.any() and not box.all()
+    assert torch.equal(first[box], image[box])
+    outside, original = first[~box], image[~box]
+    dropped = (outside == 0.5).all(-1)
+    assert torch.equal(outside[~dropped], original[~dropped])
+    assert abs(dropped.float().mean().item() - model.config.motion_pixel_drop) < 0.05
+
