@@ -4,6 +4,9 @@ Families:
 - `hallo`: Hallo's `net.pth` (or the same dict as .safetensors); prefixes reference_unet., denoising_unet.,
   face_locator., imageproj., audioproj. Configuration from a `hallo_config` metadata entry, else the
   official Hallo inference configuration. Key map: identity (our module paths are Hallo's).
+- `hallo2`: Hallo2's `net.pth`, the same layout; the keys cannot tell it from Hallo, so it is chosen by the
+  caller (`family`), Hallo2's `use_mask` in `hallo_config`, or the file name (file or folder name holding
+  "hallo2", as in Hallo2's `pretrained_models/hallo2/net.pth`).
 - `emo`: native single .safetensors written by :func:`save_native`, configuration in metadata `emo_config`.
 
 Never unpickles code: .pth/.pt/.ckpt/.bin load with `torch.load(weights_only=True)`, and only on torch >= 2.6
@@ -19,10 +22,10 @@ from dataclasses import dataclass
 
 import torch
 
-from .config import EmoNetConfig, echomimic_acc, hallo_preset
-from .errors import IncompatibleCheckpointError, MissingWeightsError
+from .config import FAMILIES, EmoNetConfig, echomimic_acc, hallo_preset
 from .echomimic_config import PARTS, config_from_echomimic, is_acc, looks_like_echomimic, merge_parts, part_files
-from .hallo_config import config_from_hallo
+from .errors import IncompatibleCheckpointError, InvalidInputError, MissingWeightsError
+from .hallo_config import as_family, config_from_hallo
 from .pickle_safety import PICKLE_SUFFIXES, load_pickle_tensors
 
 log = logging.getLogger(__name__)
@@ -31,6 +34,7 @@ HALLO_PREFIXES = ("reference_unet.", "denoising_unet.", "face_locator.", "imagep
 NATIVE_FORMAT = "emo-native"
 _SHOW = 8
 _FINGERPRINT_SAMPLES = 16
+FAMILY_CHOICES = ("auto", *FAMILIES)
 
 
 @dataclass
@@ -81,8 +85,32 @@ def read_echomimic(path: str) -> dict[str, torch.Tensor]:
     return merge_parts(parts)
 
 
-def detect_family(state: dict[str, torch.Tensor], metadata: dict[str, str]) -> CheckpointInfo:
-    """Decide which family a state dict belongs to, or say what it looks like instead."""
+def detect_family(state: dict[str, torch.Tensor], metadata: dict[str, str], family: str = "auto",
+                  path: str = "") -> CheckpointInfo:
+    """Decide which family a state dict belongs to, or say what it looks like instead.
+
+    `family`: "auto" (the file's metadata, else its name `path`, else Hallo for Hallo-layout keys) or a
+    name in FAMILIES that the file must be able to load as (Hallo and Hallo2 load as each other).
+    """
+    if family not in FAMILY_CHOICES:
+        raise InvalidInputError(f"unknown model family '{family}'; choose one of {list(FAMILY_CHOICES)}")
+    info = _detect(state, metadata)
+    if family != "auto":
+        if family != info.config.family:
+            info = CheckpointInfo(info.family, as_family(info.config, family), f"family '{family}' chosen")
+    elif info.family == info.config.family == "hallo" and name_family(path) == "hallo2":
+        # a native file's emo_config names its family; Hallo's keys and hallo_config cannot
+        info = CheckpointInfo(info.family, as_family(info.config, "hallo2"), f"{info.reason}, Hallo2 by file name")
+    return info
+
+
+def name_family(path: str) -> str | None:
+    """"hallo2" when the file or its folder is named for Hallo2 (Hugging Face: hallo2/net.pth), else None."""
+    parts = os.path.normpath(path).replace("\\", "/").split("/")[-2:] if path else []
+    return "hallo2" if any("hallo2" in part.lower() for part in parts) else None
+
+
+def _detect(state: dict[str, torch.Tensor], metadata: dict[str, str]) -> CheckpointInfo:
     if metadata.get("format") == NATIVE_FORMAT or "emo_config" in metadata:
         if "emo_config" not in metadata:
             raise IncompatibleCheckpointError("native EMO file without its 'emo_config' metadata entry")
@@ -96,8 +124,8 @@ def detect_family(state: dict[str, torch.Tensor], metadata: dict[str, str]) -> C
                               "EchoMimic key layout, released EchoMimic v1 configuration")
     if {"reference_unet.", "denoising_unet."} <= prefixes:
         if "hallo_config" in metadata:
-            return CheckpointInfo("hallo", config_from_hallo(json.loads(metadata["hallo_config"])),
-                                  "Hallo key prefixes + hallo_config metadata")
+            config = config_from_hallo(json.loads(metadata["hallo_config"]))
+            return CheckpointInfo(config.family, config, "Hallo key prefixes + hallo_config metadata")
         return CheckpointInfo("hallo", hallo_preset(), "Hallo key prefixes, official Hallo configuration")
     raise IncompatibleCheckpointError(f"not an EMO or Hallo network checkpoint: {_describe(state)}; "
                                       "load Hallo's net.pth or a native EMO .safetensors")
@@ -166,16 +194,16 @@ def check_keys(model: torch.nn.Module, state: dict[str, torch.Tensor], family: s
 
 
 def load_network(path: str, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
-                 config: EmoNetConfig | None = None):
+                 config: EmoNetConfig | None = None, family: str = "auto"):
     """Load an EMO or Hallo checkpoint into an :class:`EmoNet` (built on the meta device, then filled).
 
     `config` replaces the detected configuration (e.g. a Hallo variant trained with other sizes whose
-    .pth carries no metadata); the family is still detected from the keys.
+    .pth carries no metadata); the family is still detected from the keys. `family`: see detect_family.
     """
     from .network import EmoNet
 
     state, metadata = read_state_dict(path)
-    info = detect_family(state, metadata)
+    info = detect_family(state, metadata, family, path)
     if config is not None:
         info = CheckpointInfo(info.family, config.validate(), "configuration given by the caller")
     if info.family == "echomimic" and is_acc(path):  # same network; step-distilled: 6 steps, no CFG
@@ -186,7 +214,8 @@ def load_network(path: str, dtype: torch.dtype = torch.float32, device: str | to
     net.fingerprint = weights_fingerprint(state, info.config)
     net.load_state_dict(_fresh_tensors(state, dtype, device), strict=True, assign=True)
     net.to(device=device, dtype=dtype).eval()
-    log.info("loaded %s (%s family: %s) as %s on %s", os.path.basename(path), info.family, info.reason, dtype, device)
+    log.info("loaded %s (%s family: %s) as %s on %s", os.path.basename(path), info.config.family, info.reason, dtype,
+             device)
     return net
 
 

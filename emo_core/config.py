@@ -15,7 +15,8 @@ from .errors import InvalidConfigError
 
 SD15_DOWN_BLOCKS = ("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",)
 SD15_UP_BLOCKS = ("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3
-FAMILIES = ("emo", "hallo", "echomimic")
+FAMILIES = ("emo", "hallo", "hallo2", "echomimic")
+HALLO_LAYOUT = ("hallo", "hallo2")  # families that load Hallo's net.pth layout (same keys, same network)
 AUDIO_FORMS = ("single", "hierarchical", "cross_slot")
 LONG_VIDEO = ("motion_frames", "context_windows")
 REFERENCE_ROWS = ("shared", "cfg_tiled")
@@ -197,6 +198,9 @@ class EmoNetConfig:
     video in overlapping windows of `clip_length` frames (`context_overlap` shared), shifted by
     `context_shift` frames per step and averaged where they overlap; the initial noise is clamped to
     +-`noise_clamp` when set.
+
+    `motion_pixel_drop` (Hallo2, scripts/inference_long.py `use_mask`/`mask_rate`): the fraction of motion-frame
+    pixels set to 0 (in [-1, 1]) before they are VAE-encoded, outside the face-region box; 0 = Hallo.
     """
     family: str = "emo"
     unet: UNetConfig = field(default_factory=UNetConfig)
@@ -219,6 +223,12 @@ class EmoNetConfig:
     context_overlap: int = 3
     context_shift: int = 2
     noise_clamp: float | None = None
+    motion_pixel_drop: float = 0.0
+
+    @property
+    def is_hallo_layout(self) -> bool:
+        """Hallo's net.pth layout and inference conventions (Hallo and Hallo2 share both)."""
+        return self.family in HALLO_LAYOUT
 
     def validate(self) -> EmoNetConfig:
         _require(self.family in FAMILIES, "family", self.family, f"choose one of {FAMILIES}")
@@ -231,6 +241,9 @@ class EmoNetConfig:
         _require(self.guidance_scale >= 0, "guidance_scale", self.guidance_scale, "need >= 0")
         _require(self.default_steps >= 1, "default_steps", self.default_steps, "need >= 1")
         _require(1 <= self.default_fps <= 240, "default_fps", self.default_fps, "need 1..240")
+        _require(0 <= self.motion_pixel_drop < 1, "motion_pixel_drop", self.motion_pixel_drop, "need 0 <= rate < 1")
+        _require(self.motion_pixel_drop == 0 or self.motion_source == "pixels", "motion_pixel_drop",
+                 self.motion_pixel_drop, "pixels are dropped before re-encoding: needs motion_source='pixels'")
         _require(self.motion_frames <= self.clip_length, "motion_frames", self.motion_frames,
                  f"the motion frames come from one clip: need <= clip_length={self.clip_length}")
         _require(self.clip_length >= 1, "clip_length", self.clip_length, "need >= 1")
@@ -349,3 +362,9 @@ def echomimic_acc(config: EmoNetConfig) -> EmoNetConfig:
     """EchoMimic's step-distilled ("acc") weights' sampling defaults on `config`: 6 steps, no CFG
     (infer_audio2vid_acc.py); the network is the same."""
     return dataclasses.replace(config, default_steps=6, guidance_scale=1.0).validate()
+
+
+def hallo2_preset(**overrides: Any) -> EmoNetConfig:
+    """Hallo2 (configs/inference/long.yaml): Hallo's network and settings, 25% of the motion-frame pixels
+    dropped outside the face box (`use_mask: true`, `mask_rate: 0.25`)."""
+    return hallo_preset(**{"family": "hallo2", "motion_pixel_drop": 0.25, **overrides})

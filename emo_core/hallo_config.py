@@ -1,10 +1,12 @@
-"""Translate Hallo's constructor arguments (the `hallo_config` metadata entry) into an EmoNetConfig."""
+"""Translate Hallo's constructor arguments (the `hallo_config` metadata entry) into an EmoNetConfig, and
+choose between the families that share Hallo's net.pth layout (Hallo, Hallo2)."""
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
-from .config import (AudioAttentionConfig, EmoNetConfig, FaceLocatorConfig, IdentityConfig, MotionConfig,
-                     UNetConfig, WindowProjectionConfig, hallo_preset)
+from .config import (HALLO_LAYOUT, AudioAttentionConfig, EmoNetConfig, FaceLocatorConfig, IdentityConfig,
+                     MotionConfig, UNetConfig, WindowProjectionConfig, hallo2_preset, hallo_preset)
 from .errors import IncompatibleCheckpointError
 
 
@@ -55,6 +57,29 @@ def _clip_settings(meta: dict[str, Any], max_len: int) -> dict[str, int]:
     return out
 
 
+def _family_settings(meta: dict[str, Any]) -> dict[str, Any]:
+    """Hallo2's switch (configs/inference/long.yaml `use_mask`, `mask_rate`) when the file carries it."""
+    if not meta.get("use_mask"):
+        return {}
+    rate = meta.get("mask_rate", hallo2_preset().motion_pixel_drop)
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)):
+        raise IncompatibleCheckpointError(f"hallo_config mask_rate must be a number, got {rate!r}")
+    return {"family": "hallo2", "motion_pixel_drop": float(rate)}
+
+
+def as_family(config: EmoNetConfig, family: str) -> EmoNetConfig:
+    """`config` as `family`: Hallo and Hallo2 share the network and the keys, so one loads as the other
+    (Hallo2 adds its pixel drop, Hallo has none); any other change of family is refused."""
+    if family == config.family:
+        return config
+    if not (config.is_hallo_layout and family in HALLO_LAYOUT):
+        raise IncompatibleCheckpointError(f"this file holds a '{config.family}' network and cannot load as family "
+                                          f"'{family}'; choose family 'auto' or one of {list(HALLO_LAYOUT)} "
+                                          "for Hallo-layout files")
+    rate = hallo2_preset().motion_pixel_drop if family == "hallo2" else 0.0
+    return dataclasses.replace(config, family=family, motion_pixel_drop=rate).validate()
+
+
 def config_from_hallo(meta: dict[str, Any]) -> EmoNetConfig:
     try:
         d, mm = meta["denoising_unet"], meta["denoising_unet"].get("motion_module_kwargs", {})
@@ -82,6 +107,7 @@ def config_from_hallo(meta: dict[str, Any]) -> EmoNetConfig:
             identity=None if ip is None else IdentityConfig(embedding_dim=ip["clip_embeddings_dim"],
                                                             tokens=ip["clip_extra_context_tokens"]),
             **_clip_settings(meta, mm.get("temporal_position_encoding_max_len", 32)),
+            **_family_settings(meta),
         )
     except KeyError as err:
         raise IncompatibleCheckpointError(f"hallo_config metadata lacks {err}") from err

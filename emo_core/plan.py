@@ -45,9 +45,11 @@ def plan_clips(num_frames: int, clip_length: int, motion_frames: int) -> list[Cl
     return plans
 
 
-def clip_seed(seed: int, clip: int) -> int:
-    """A 63-bit seed that depends only on (seed, clip), so re-rendering any clip is reproducible."""
-    if clip < 0:
-        raise InvalidInputError(f"clip index must be >= 0, got {clip}")
-    state = np.random.SeedSequence([int(seed) % 2**64, clip]).generate_state(1, dtype=np.uint64)[0]
+def clip_seed(seed: int, clip: int, stream: int = 0) -> int:
+    """A 63-bit seed that depends only on (seed, clip), so re-rendering any clip is reproducible. `stream` > 0
+    gives an independent seed for another random draw of the same clip (stream 0 is the clip's noise)."""
+    if clip < 0 or stream < 0:
+        raise InvalidInputError(f"clip index and stream must be >= 0, got {clip=}, {stream=}")
+    entropy = [int(seed) % 2**64, clip] + ([stream] if stream else [])
+    state = np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint64)[0]
     return int(state) >> 1

@@ -17,6 +17,7 @@ import torch
 from .errors import InvalidInputError
 from .finite import LATENT_FIX, require_finite
 from .models.conditions import ReferenceFeatures
+from .motion_drop import drop_pixels, keep_mask
 from .network import ClipConditions, EmoNet
 from .plan import ClipPlan, clip_seed, plan_clips
 from .sampler_windows import generate_in_windows
@@ -77,7 +78,10 @@ class VideoConditions:
         EmoNet.reference_features(..., guidance=True) with the same identity, computed once and reused
         across videos (used when sampling with guidance; otherwise recomputed).
     first_motion: optional (n, 4, h, w) UNSCALED latents that replace the family's first-clip rule, e.g.
-        the last frames of an earlier segment to continue it seamlessly.
+        the last frames of an earlier segment to continue it seamlessly (Hallo2 drops pixels of them as of
+        any carried motion frames).
+    reference_image: optional (H, W, 3) 0..1 portrait that `reference` was encoded from: Hallo2 drops pixels
+        of its copies on the first clip; without it the codec decodes `reference` to get them.
     """
     reference: torch.Tensor
     audio: torch.Tensor | WindowedAudio
@@ -88,6 +92,7 @@ class VideoConditions:
     speed: torch.Tensor | None = None
     reference_features: ReferenceFeatures | None = None
     first_motion: torch.Tensor | None = None
+    reference_image: torch.Tensor | None = None
 
 
 @dataclass
@@ -126,6 +131,7 @@ class _Run:
     device: torch.device
     dtype: torch.dtype
     noise_fn: Callable[[int, tuple], torch.Tensor] | None = None
+    drop_mask_fn: Callable[[int, tuple], torch.Tensor] | None = None
     context: torch.Tensor = field(init=False)
     uncond_context: torch.Tensor = field(init=False)
 
@@ -134,19 +140,21 @@ def generate(net: EmoNet, video: VideoConditions, settings: SamplerSettings = Sa
              codec: VaeCodec | None = None, on_step: Callable[[Progress], None] = lambda p: None,
              check_cancel: Callable[[], None] = lambda: None,
              noise_fn: Callable[[int, tuple], torch.Tensor] | None = None,
-             before_clip: Callable[[], None] = lambda: None) -> torch.Tensor:
+             before_clip: Callable[[], None] = lambda: None,
+             drop_mask_fn: Callable[[int, tuple], torch.Tensor] | None = None) -> torch.Tensor:
     """Generate every frame: -> (num_frames, 4, h, w) float32 UNSCALED latents on the CPU.
 
     `check_cancel` runs between steps and clips and may raise; then nothing is returned. `noise_fn(clip,
     shape)` replaces the seeded noise (tests feed a fixture's noise through it). `before_clip()` runs before
     each clip is denoised, after the codec re-encoded its motion frames: the VAE may have pushed the network
     off its device (ComfyUI offloads models when VRAM is short), so the caller puts it back there.
+    `drop_mask_fn(clip, (H, W))` replaces the seeded (H, W) bool keep-mask of Hallo2's pixel drop (tests).
     """
     settings.validate()
     p = next(net.parameters())
     run = _Run(net, video, settings, settings.clip_length or net.config.clip_length,
                net.config.guidance_scale if settings.guidance_scale is None else settings.guidance_scale,
-               codec, p.device, p.dtype, noise_fn)
+               codec, p.device, p.dtype, noise_fn, drop_mask_fn)
     _check_inputs(run)
     _check_lengths(video)
     windows = net.config.long_video == "context_windows"
@@ -154,6 +162,9 @@ def generate(net: EmoNet, video: VideoConditions, settings: SamplerSettings = Sa
     log.info("EMO sampling (%s family): %d frames in %s of %d, %d steps, guidance %.2f, %s, seed %d",
              net.config.family, video.num_frames, "context windows" if windows else f"{len(plans)} clip(s)",
              run.clip_length, settings.steps, run.guidance, settings.sampler, settings.seed)
+    if net.config.motion_pixel_drop > 0 and codec is None and net.config.motion_frames > 0:
+        log.warning("no VAE given: the %s family's motion-frame pixel drop (%.2f) is skipped",
+                    net.config.family, net.config.motion_pixel_drop)
     run.context, run.uncond_context = net.identity_tokens(
         None if video.identity is None else video.identity.reshape(1, -1), batch=1)
     reference = video.reference.to(run.device, torch.float32).unsqueeze(0) * SD15_LATENT_SCALE
@@ -186,6 +197,9 @@ def _check_inputs(run: _Run) -> None:
     _check_finite(v)
     if cfg.audio_attention.form == "hierarchical" and v.masks is None:
         raise InvalidInputError("this checkpoint family needs Hallo's full/face/lip masks (face_hallo.hallo_masks)")
+    if v.reference_image is not None and (v.reference_image.dim() != 3 or v.reference_image.shape[-1] < 3):
+        raise InvalidInputError(f"reference_image must be (height, width, 3) in 0..1, got "
+                                f"{tuple(v.reference_image.shape)}")
     n = cfg.motion_frames
     if v.first_motion is not None and tuple(v.first_motion.shape) != (n, *v.reference.shape):
         raise InvalidInputError(f"first_motion must be ({n}, {', '.join(map(str, v.reference.shape))}) unscaled "
@@ -206,7 +220,7 @@ def _check_lengths(v: VideoConditions) -> None:
 
 
 def _check_finite(v: VideoConditions) -> None:
-    for name in ("reference", "first_motion", "audio", "face_mask", "identity", "speed"):
+    for name in ("reference", "first_motion", "audio", "face_mask", "identity", "speed", "reference_image"):
         value, what = getattr(v, name), f"the {name.replace('_', ' ')} input of the sampler"
         fix = LATENT_FIX if name in ("reference", "first_motion") else "recompute it from its source"
         if hasattr(value, "require_finite"):  # AudioFeatures: checked on their stored features (maybe on disk)
@@ -220,11 +234,18 @@ def _motion_latents(run: _Run, plan: ClipPlan, reference: torch.Tensor, out: tor
     n = run.net.config.motion_frames
     if n == 0:
         return None
+    dropping = run.net.config.motion_pixel_drop > 0 and run.codec is not None
     if plan.motion_from is None:
         if run.video.first_motion is not None:
-            return (run.video.first_motion.to(run.device, torch.float32) * SD15_LATENT_SCALE).unsqueeze(0)
+            first = run.video.first_motion
+            if dropping:  # frames of an earlier segment: Hallo2 treats them as any carried frames
+                first = run.codec.encode(_drop(run, plan, run.codec.decode(first.to(run.device)).clamp(0, 1)))
+            return (first.to(run.device, torch.float32) * SD15_LATENT_SCALE).unsqueeze(0)
         if run.net.config.first_motion == "zeros":
             return None
+        if dropping:  # Hallo2 drops pixels of the reference copies too, then encodes them
+            copy = run.codec.encode(_drop(run, plan, _reference_pixels(run)))
+            reference = copy.to(run.device, torch.float32) * SD15_LATENT_SCALE
         return reference.unsqueeze(1).expand(-1, n, -1, -1, -1)
     carried = out[plan.motion_from.start:plan.motion_from.stop]  # unscaled, CPU
     if run.net.config.motion_source == "pixels":
@@ -232,8 +253,26 @@ def _motion_latents(run: _Run, plan: ClipPlan, reference: torch.Tensor, out: tor
             if plan.index == 1:
                 log.info("no VAE given: motion frames are carried as latents instead of re-encoded pixels")
         else:
-            carried = run.codec.encode(run.codec.decode(carried.to(run.device)).clamp(0, 1))
+            pixels = run.codec.decode(carried.to(run.device)).clamp(0, 1)
+            carried = run.codec.encode(_drop(run, plan, pixels) if dropping else pixels)
     return (carried.to(run.device, torch.float32) * SD15_LATENT_SCALE).unsqueeze(0)
+
+
+def _reference_pixels(run: _Run) -> torch.Tensor:
+    """(1, H, W, 3) 0..1: the portrait, or (without it) the reference latent decoded, a VAE round trip."""
+    if run.video.reference_image is not None:
+        return run.video.reference_image.to(run.device, torch.float32).unsqueeze(0)[..., :3]
+    log.info("no reference image given: the first clip's motion frames are the decoded reference latent")
+    return run.codec.decode(run.video.reference.to(run.device).unsqueeze(0)).clamp(0, 1)
+
+
+def _drop(run: _Run, plan: ClipPlan, images: torch.Tensor) -> torch.Tensor:
+    """Hallo2's pixel drop on this clip's motion-frame images (N, H, W, 3) 0..1 (motion_drop)."""
+    size = tuple(images.shape[1:3])
+    rate = run.net.config.motion_pixel_drop
+    keep = (run.drop_mask_fn(plan.index, size) if run.drop_mask_fn
+            else keep_mask(run.settings.seed, plan.index, size, rate))
+    return drop_pixels(images, keep, run.video.face_mask)
 
 
 def _sample_clip(run: _Run, plan: ClipPlan, ref, motion, clips: int, on_step, check_cancel) -> torch.Tensor:

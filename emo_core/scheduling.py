@@ -28,7 +28,8 @@ ECHOMIMIC_SCHEDULER = {
     "clip_sample": False, "steps_offset": 1, "prediction_type": "v_prediction",
     "rescale_betas_zero_snr": True, "timestep_spacing": "trailing", "set_alpha_to_one": True,
 }
-FAMILY_SCHEDULERS = {"hallo": HALLO_SCHEDULER, "emo": EMO_SCHEDULER, "echomimic": ECHOMIMIC_SCHEDULER}
+FAMILY_SCHEDULERS = {"hallo": HALLO_SCHEDULER, "hallo2": HALLO_SCHEDULER,  # Hallo2: long.yaml
+                     "emo": EMO_SCHEDULER, "echomimic": ECHOMIMIC_SCHEDULER}
 # Sampler name -> diffusers class. All of them take the family's noise schedule (betas, prediction type,
 # zero-SNR rescaling, spacing); DDIM is the papers' sampler and the default.
 SAMPLERS = {

@@ -53,12 +53,14 @@ class FaceEmbedderHandle:
 @dataclass(eq=False)
 class Reference:
     """EMO_REFERENCE: the portrait's unscaled latent (4, h, w), its identity embedding (E,) or None,
-    its ReferenceNet features (computed once, for guided sampling) and the model they belong to."""
+    its ReferenceNet features (computed once, for guided sampling) and the model they belong to; `image`:
+    the portrait (H, W, 3) 0..1 it was encoded from (Hallo2 drops pixels of its copies on the first clip)."""
     latent: torch.Tensor
     identity: torch.Tensor | None
     features: Any
     model: EmoModel
     image_size: tuple[int, int]
+    image: torch.Tensor | None = None
 
 
 @dataclass(eq=False)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from ..emo_core.checkpoint import FAMILY_CHOICES
 from . import comfy_services as services
 from .comfy_services import mediapipe_dirs
 from .handles import AudioEncoder, EmoModel, FaceEmbedderHandle
@@ -13,6 +14,11 @@ PRECISIONS = ["auto", "fp16", "bf16", "fp32"]
 # wav2vec2 as .safetensors; OpenAI's whisper checkpoints (EchoMimic's whisper_tiny.pt) are .pt pickles, read
 # with torch.load(weights_only=True) only (emo_core.pickle_safety).
 AUDIO_ENCODER_EXTENSIONS = {".safetensors", ".pt"}
+FAMILY_TOOLTIP = ("Checkpoint family. auto: from the file's metadata, else its name (a file or folder name with "
+                  "'hallo2' loads as Hallo2), else Hallo for Hallo-layout files; EchoMimic is told by its keys. "
+                  "Hallo and Hallo2 share one file "
+                  "layout: choose which inference rules apply (Hallo2 drops 25% of the motion-frame pixels "
+                  "outside the face box).")
 
 
 def _choices(names: list[str], folder: str) -> list[str]:
@@ -21,32 +27,40 @@ def _choices(names: list[str], folder: str) -> list[str]:
 
 
 class EmoModelLoader:
-    """Loads an EMO network: a native EMO .safetensors or a Hallo net.pth / .safetensors."""
+    """Loads an EMO network: a native EMO .safetensors or a Hallo / Hallo2 net.pth / .safetensors."""
     CATEGORY = "EMO/loaders"
     RETURN_TYPES = ("EMO_MODEL",)
     RETURN_NAMES = ("emo_model",)
     FUNCTION = "load"
-    DESCRIPTION = "Load an EMO or Hallo checkpoint from models/emo."
+    DESCRIPTION = "Load an EMO, Hallo or Hallo2 checkpoint from models/emo; it reports the family it loaded."
 
     @classmethod
     def INPUT_TYPES(cls):
         names = _choices(services.list_models(services.EMO_FOLDER), services.EMO_FOLDER)
         return {"required": {
-            "model_name": (names, {"tooltip": "Checkpoint in models/emo: Hallo's net.pth (or .safetensors) or a "
-                                              "native EMO .safetensors."}),
+            "model_name": (names, {"tooltip": "Checkpoint in models/emo: Hallo's or Hallo2's net.pth (or "
+                                              ".safetensors), a native EMO .safetensors, or EchoMimic v1: "
+                                              "denoising_unet.pth in the folder with its four files "
+                                              "(denoising_unet_acc.pth for the 6-step weights)."}),
             "precision": (PRECISIONS, {"default": "auto", "tooltip": "Weights dtype; auto follows ComfyUI's "
                                                                       "choice for this device."}),
+        }, "optional": {
+            "family": (list(FAMILY_CHOICES), {"default": "auto", "tooltip": FAMILY_TOOLTIP}),
         }}
 
-    def load(self, model_name, precision):
+    def load(self, model_name, precision, family="auto"):
         from ..emo_core.checkpoint import load_network
 
         path = services.model_path(services.EMO_FOLDER, model_name, services.MODEL_EXTENSIONS)
         device = services.torch_device()
         dtype = services.choose_dtype(precision, device)
-        net = load_network(path, dtype=dtype, device=services.offload_device())
-        log.info("EMO model %s: family %s, %s on %s", model_name, net.config.family, dtype, device)
-        return (EmoModel(net, path, device, dtype, services.wrap_model(net, device)),)
+        net = load_network(path, dtype=dtype, device=services.offload_device(), family=family)
+        cfg = net.config
+        log.info("EMO model %s: family %s (asked: %s), %s on %s", model_name, cfg.family, family, dtype, device)
+        info = {"model": model_name, "family": cfg.family, "clip_length": cfg.clip_length,
+                "motion_frames": cfg.motion_frames, "motion_pixel_drop": cfg.motion_pixel_drop}
+        return {"ui": {"emo_model": [info]},
+                "result": (EmoModel(net, path, device, dtype, services.wrap_model(net, device)),)}
 
 
 class EmoAudioEncoderLoader:

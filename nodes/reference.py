@@ -66,4 +66,4 @@ class EmoReferenceEncode:
         log.info("reference encoded: %dx%d, identity %s", image.shape[2], image.shape[1],
                  "from the face model" if identity is not None else "none")
         return (Reference(latent[0], identity, features.to(device="cpu"), emo_model,
-                          (int(image.shape[1]), int(image.shape[2]))),)
+                          (int(image.shape[1]), int(image.shape[2])), image[0].float().cpu()),)

@@ -99,7 +99,7 @@ class EmoSampler:
             reference=reference.latent, audio=feats, num_frames=feats.num_frames,
             face_mask=face_region.region.locator_input[0], identity=reference.identity,
             masks=None if face_region.hallo_masks is None else tuple(face_region.hallo_masks),
-            reference_features=reference.features)
+            reference_features=reference.features, reference_image=getattr(reference, "image", None))
         if speed is not None and emo_model.config.speed is not None:
             video.speed = speed_features(speed.per_frame(feats.num_frames, feats.fps), emo_model.config.speed)
         settings = SamplerSettings(steps=steps, guidance_scale=cfg, seed=seed, sampler=sampler_name,

@@ -180,14 +180,18 @@ ABSENT_USER_FILES = ("/api/userdata", "/user.css", "/favicon.ico")
 # shows a placeholder icon.
 THUMBNAIL = re.compile(rf"/api/workflow_templates/{PACK}/[^/]+\.(jpg|jpeg|png|webp)$")
 
-# What a run sends to our nodes (the ui dicts of nodes/audio.py and nodes/face.py, the sampler's emo.progress),
-# broadcast by the server while each workflow is open: its text must show, fit, and stay out of what is saved.
+# What a run sends to our nodes (the ui dicts of nodes/audio.py, nodes/face.py and nodes/loaders.py, the
+# sampler's emo.progress), broadcast by the server while each workflow is open: its text must show, fit, and
+# stay out of what is saved.
 RUN = {
     "EMO_AudioFeatures": {"widget": "emo_audio_info", "type": "executed", "data": {"emo_audio": [
         {"duration": 12.34, "frames": 309, "fps": 25, "clips": 20, "clip_length": 16, "motion_frames": 2,
          "sample_rate": 44100, "channels": 2}]}},
     "EMO_FaceLocator": {"widget": "emo_face_info", "type": "executed", "data": {"emo_face": [
         {"box": [120, 80, 392, 400], "width": 512, "height": 512, "frames": 1, "source": "mediapipe"}]}},
+    "EMO_ModelLoader": {"widget": "emo_model_info", "type": "executed", "data": {"emo_model": [
+        {"model": "hallo2/net.pth", "family": "hallo2", "clip_length": 16, "motion_frames": 2,
+         "motion_pixel_drop": 0.25}]}},
     "EMO_Sampler": {"widget": "emo_progress", "type": "emo.progress",
                     "data": {"clip": 2, "clips": 20, "step": 7, "steps": 25}},
 }
@@ -630,6 +634,9 @@ def _expected_text(node_type: str) -> list[str]:
     if node_type == "EMO_AudioFeatures":
         (info,) = data["emo_audio"]
         return [f"{info['duration']:.2f} s", f"{info['frames']} frames", f"{info['clips']} clips"]
+    if node_type == "EMO_ModelLoader":
+        (info,) = data["emo_model"]
+        return ["Hallo2", f"clips of {info['clip_length']}", f"{info['motion_pixel_drop'] * 100:g}% motion pixels"]
     (info,) = data["emo_face"]
     return ["face box " + ",".join(map(str, info["box"][:2])), f"image {info['width']}\u00d7{info['height']}"]
 

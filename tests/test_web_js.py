@@ -67,7 +67,7 @@ def test_web_js_unit_tests_pass():
 def test_web_has_extension_files():
     names = {p.name for p in _web_js_files()}
     assert {"emo_format.js", "emo_hooks.js", "emo_audio_info.js", "emo_face_preview.js",
-            "emo_sampler_progress.js"} <= names
+            "emo_sampler_progress.js", "emo_model_info.js"} <= names
 
 
 @pytest.mark.parametrize("path", _web_js_files(), ids=lambda p: p.relative_to(WEB).as_posix())

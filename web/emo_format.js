@@ -5,10 +5,12 @@
 //   EMO_AudioFeatures -> {"emo_audio": [{duration, frames, fps, clips, clip_length, motion_frames,
 //                                         sample_rate, channels}]}
 //   EMO_FaceLocator   -> {"images": [...], "emo_face": [{box: [x0, y0, x1, y1], width, height, frames, source}]}
+//   EMO_ModelLoader   -> {"emo_model": [{model, family, clip_length, motion_frames, motion_pixel_drop}]}
 // Every function here tolerates missing or odd fields: it leaves that part out, or returns "" / null.
 
 export const AUDIO_KEY = "emo_audio";
 export const FACE_KEY = "emo_face";
+export const MODEL_KEY = "emo_model";
 
 /** Entries shown at most; a node run over a list of inputs sends one entry per run. */
 export const MAX_ENTRIES = 8;
@@ -16,6 +18,7 @@ export const MAX_ENTRIES = 8;
 const SEP = " \u00b7 "; // " · "
 const TIMES = "\u00d7"; // "×"
 const SOURCES = { mediapipe: "MediaPipe", mask: "from mask" };
+const FAMILIES = { emo: "EMO", hallo: "Hallo", hallo2: "Hallo2" };
 
 function isPlainObject(value) {
   return value !== null && typeof value === "object" && !Array.isArray(value);
@@ -136,6 +139,24 @@ export function formatFaceInfo(info) {
   return lines.join("\n");
 }
 
+/** "Hallo2 · clips of 16 (2 motion) · 25% motion pixels dropped"; "" when nothing usable. */
+export function formatModelInfo(info) {
+  if (!isPlainObject(info)) return "";
+  const parts = [];
+  if (typeof info.family === "string" && info.family.trim()) {
+    const key = info.family.trim().toLowerCase();
+    parts.push(Object.hasOwn(FAMILIES, key) ? FAMILIES[key] : info.family.trim().slice(0, 32));
+  }
+  const length = count(info.clip_length);
+  if (length !== null && length > 0) {
+    const motion = count(info.motion_frames);
+    parts.push(`clips of ${formatNumber(length, 0)}` + (motion !== null ? ` (${formatNumber(motion, 0)} motion)` : ""));
+  }
+  const drop = count(info.motion_pixel_drop);
+  if (drop !== null && drop > 0 && drop < 1) parts.push(`${formatNumber(drop * 100, 1)}% motion pixels dropped`);
+  return parts.join(SEP);
+}
+
 function describeEach(message, key, formatEntry) {
   const entries = parseUiEntries(message, key);
   const lines = entries.slice(-MAX_ENTRIES).map(formatEntry).filter(Boolean);
@@ -184,4 +205,9 @@ export function formatProgress(data) {
   const steps = count(data.steps);
   if (step !== null && steps !== null && steps > 0) text += `${SEP}step ${formatNumber(step, 0)}/${formatNumber(steps, 0)}`;
   return text;
+}
+
+/** The model loader's text for one `executed` message: one line per entry; "" when none. */
+export function describeModel(message) {
+  return describeEach(message, MODEL_KEY, formatModelInfo);
 }

@@ -1,7 +1,7 @@
 // Glue between the ComfyUI frontend and emo_format.js, written against plain objects so it is unit-tested
 // without a browser. No ComfyUI imports and no side effects on import: the per-feature files
 // (emo_audio_info.js, emo_face_preview.js) pass in what they take from ComfyUI.
-import { describeAudio, describeFace, fitSize, formatProgress } from "./emo_format.js";
+import { describeAudio, describeFace, describeModel, fitSize, formatProgress } from "./emo_format.js";
 
 /** What each feature shows, on which node, in which widget. Widget names are namespaced "emo_". */
 export const AUDIO_INFO = Object.freeze({
@@ -14,6 +14,13 @@ export const FACE_INFO = Object.freeze({
   nodeName: "EMO_FaceLocator",
   widgetName: "emo_face_info",
   describe: describeFace,
+});
+
+/** The family the loader loaded (chosen by its `family` input, the file's metadata or its name). */
+export const MODEL_INFO = Object.freeze({
+  nodeName: "EMO_ModelLoader",
+  widgetName: "emo_model_info",
+  describe: describeModel,
 });
 
 /** The sampler's "clip i of N · step s/S", from the `emo.progress` messages the Python sampler sends. */

@@ -3,8 +3,8 @@ import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 
 import {
-  AUDIO_KEY, FACE_KEY, MAX_ENTRIES, describeAudio, describeFace, fitSize, formatAudioInfo, formatAudioSource,
-  formatFaceInfo, formatNumber, formatProgress, parseUiEntries, parseUiMessage,
+  AUDIO_KEY, FACE_KEY, MAX_ENTRIES, MODEL_KEY, describeAudio, describeFace, describeModel, fitSize, formatAudioInfo,
+  formatAudioSource, formatFaceInfo, formatModelInfo, formatNumber, formatProgress, parseUiEntries, parseUiMessage,
 } from "../../web/emo_format.js";
 import { proxiedSize } from "./fake_comfy.mjs";
 
@@ -122,6 +122,24 @@ describe("formatFaceInfo", () => {
   test("returns an empty string for odd input", () => {
     for (const v of ODD) assert.equal(formatFaceInfo(v), "");
     assert.equal(formatFaceInfo({ width: 0, height: 512, frames: 1, source: 3 }), "");
+  });
+});
+
+describe("formatModelInfo / describeModel", () => {
+  const MODEL = { model: "hallo2/net.pth", family: "hallo2", clip_length: 16, motion_frames: 2, motion_pixel_drop: 0.25 };
+  test("the family, its clips and Hallo2's pixel drop", () => {
+    assert.equal(formatModelInfo(MODEL), "Hallo2 \u00b7 clips of 16 (2 motion) \u00b7 25% motion pixels dropped");
+    assert.equal(formatModelInfo({ ...MODEL, family: "hallo", motion_pixel_drop: 0 }), "Hallo \u00b7 clips of 16 (2 motion)");
+    assert.equal(formatModelInfo({ family: "emo", clip_length: 12 }), "EMO \u00b7 clips of 12");
+    assert.equal(formatModelInfo({ family: "echomimic" }), "echomimic");
+    assert.equal(describeModel({ [MODEL_KEY]: [{ family: "emo" }, MODEL] }), `EMO\n${formatModelInfo(MODEL)}`);
+  });
+  test("returns an empty string for odd input", () => {
+    for (const v of ODD) {
+      assert.equal(formatModelInfo(v), "");
+      assert.equal(describeModel(v), "");
+    }
+    assert.equal(formatModelInfo({ family: 3, clip_length: -1, motion_pixel_drop: 2 }), "");
   });
 });
 

@@ -33,8 +33,9 @@ describe("web/ extension files", { skip }, () => {
     }
   });
 
-  test("registers EMO.AudioInfo, EMO.FacePreview and EMO.SamplerProgress, nothing else", () => {
-    assert.deepEqual(registered.map((e) => e.name).sort(), ["EMO.AudioInfo", "EMO.FacePreview", "EMO.SamplerProgress"]);
+  test("registers EMO.AudioInfo, EMO.FacePreview, EMO.ModelInfo and EMO.SamplerProgress, nothing else", () => {
+    assert.deepEqual(registered.map((e) => e.name).sort(),
+      ["EMO.AudioInfo", "EMO.FacePreview", "EMO.ModelInfo", "EMO.SamplerProgress"]);
   });
 
   test("EMO.SamplerProgress listens to emo.progress at setup and shows it on the sampler", async () => {
@@ -83,6 +84,16 @@ describe("web/ extension files", { skip }, () => {
     assert.equal(widget.value, "12.34 s \u00b7 309 frames @ 25 fps \u00b7 20 clips of 16 (2 motion)");
     assert.equal(widget.element.readOnly, true);
     assert.deepEqual({ workflow: workflowWidgetValues(node), prompt: promptInputs(node) }, before);
+  });
+
+  test("the model loader shows the family it loaded in emo_model_info", async () => {
+    const { "EMO.ModelInfo": model } = byName();
+    const nodeType = makeNodeType();
+    await model.beforeRegisterNodeDef(nodeType, { name: "EMO_ModelLoader" }, globalThis.__EMO_COMFY_STUB__.app);
+    const node = new nodeType();
+    node.onExecuted({ emo_model: [{ model: "net.pth", family: "hallo", clip_length: 16, motion_frames: 2,
+      motion_pixel_drop: 0 }] });
+    assert.equal(node.widgets.find((w) => w.name === "emo_model_info").value, "Hallo \u00b7 clips of 16 (2 motion)");
   });
 
   test("the face locator shows its box line in emo_face_info", async () => {

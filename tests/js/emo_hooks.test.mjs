@@ -2,7 +2,7 @@
 import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 
-import { AUDIO_INFO, FACE_INFO, PROGRESS_INFO, addTextBox, comfyDeps, findNode, installInfoDisplay,
+import { AUDIO_INFO, FACE_INFO, MODEL_INFO, PROGRESS_INFO, addTextBox, comfyDeps, findNode, installInfoDisplay,
   installProgressDisplay, prepareInfoWidget, showInfo, textLines } from "../../web/emo_hooks.js";
 import { formatFaceInfo } from "../../web/emo_format.js";
 import { FakeApi, FakeNode, fakeDocument, makeNodeType, promptInputs, proxiedSize, testDeps,
@@ -144,6 +144,14 @@ describe("installInfoDisplay", () => {
     node.onExecuted(FACE_MESSAGE);
     assert.equal(infoWidgets(node, FACE_INFO)[0].value,
       "face box 120,80 \u2013 392,400 (272\u00d7320)\nimage 512\u00d7512 \u00b7 MediaPipe");
+  });
+  test("the model loader shows the family it loaded", () => {
+    const { node } = installed(MODEL_INFO);
+    assert.equal(MODEL_INFO.nodeName, "EMO_ModelLoader");
+    node.onExecuted({ emo_model: [{ model: "hallo2/net.pth", family: "hallo2", clip_length: 16, motion_frames: 2,
+      motion_pixel_drop: 0.25 }] });
+    assert.equal(infoWidgets(node, MODEL_INFO)[0].value,
+      "Hallo2 \u00b7 clips of 16 (2 motion) \u00b7 25% motion pixels dropped");
   });
 });
 
