@@ -18,7 +18,6 @@ and keeps its features in memory.
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 from dataclasses import dataclass
@@ -28,8 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from .errors import InvalidInputError, MissingDependencyError
-from .finite import require_finite
-from .frame_file import FrameFile
+from .frame_file import FrameFile, StoredRows
 from .memory import features_spill
 
 log = logging.getLogger(__name__)
@@ -65,7 +63,7 @@ class AudioSettings:
 
 
 @dataclass
-class AudioFeatures:
+class AudioFeatures(StoredRows):
     """Per-frame wav2vec2 features of one audio track.
 
     hidden: (padded_frames, layers, hidden) float32, padded to a whole number of clips; a FrameFile on disk
@@ -86,9 +84,7 @@ class AudioFeatures:
     def rows(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
         """The stored features of frames start..stop as a tensor (read from disk when spilled)."""
         stop = self.padded_frames if stop is None else stop
-        if isinstance(self.hidden, FrameFile):
-            return self.hidden.read(start, stop)
-        return self.hidden[start:stop]
+        return self._stored(start, stop)
 
     def windowed(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
         """(stop - start, 2m+1, layers, hidden), clamped at the ends of the whole padded sequence."""
@@ -99,20 +95,6 @@ class AudioFeatures:
         lo, hi = max(0, start - m), min(last, stop - 1 + m) + 1  # only the rows these windows reach
         index = (torch.arange(start, stop)[:, None] + torch.arange(-m, m + 1)).clamp(0, last)
         return self.rows(lo, hi)[index - lo]
-
-    def on_host(self) -> AudioFeatures:
-        """These features as float32 on the CPU (a spilled file already is)."""
-        if isinstance(self.hidden, FrameFile):
-            return self
-        return dataclasses.replace(self, hidden=self.hidden.float().cpu())
-
-    def require_finite(self, what: str, fix: str) -> None:
-        """InvalidInputError naming `what` when a stored value is NaN or infinite (a file is read in blocks)."""
-        if not isinstance(self.hidden, FrameFile):
-            require_finite(self.hidden, what, fix)
-            return
-        for _, block in self.hidden.blocks():
-            require_finite(block, what, fix)
 
 
 def frame_count(samples: int, fps: float, sample_rate: int = SAMPLE_RATE) -> int:

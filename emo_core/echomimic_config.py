@@ -15,9 +15,9 @@ from typing import Any
 
 import torch
 
-from .config import (AudioAttentionConfig, EmoNetConfig, FaceLocatorConfig, MotionConfig, echomimic_preset)
+from .config import AudioAttentionConfig, EmoNetConfig, FaceLocatorConfig, echomimic_preset
 from .errors import IncompatibleCheckpointError, MissingWeightsError
-from .hallo_config import _unet
+from .hallo_config import _unet, motion_config
 
 log = logging.getLogger(__name__)
 
@@ -45,17 +45,11 @@ def config_from_echomimic(meta: dict[str, Any] | None) -> EmoNetConfig:
         return echomimic_preset()
     try:
         d = meta["denoising_unet"]
-        mm, fl, inf = d.get("motion_module_kwargs", {}), meta["face_locator"], meta.get("inference", {})
+        fl, inf = meta["face_locator"], meta.get("inference", {})
         unet = _unet(d)
         return echomimic_preset(
             unet=unet,
-            motion=MotionConfig(
-                heads=mm.get("num_attention_heads", 8), num_blocks=mm.get("num_transformer_block", 1),
-                attention_blocks=len(mm.get("attention_block_types", ("Temporal_Self", "Temporal_Self"))),
-                max_len=mm.get("temporal_position_encoding_max_len", 32),
-                resolutions=tuple(d.get("motion_module_resolutions", (1, 2, 4, 8))),
-                mid_block=d.get("motion_module_mid_block", True),
-                decoder_only=d.get("motion_module_decoder_only", False), in_plain_blocks=True),
+            motion=motion_config(d, in_plain_blocks=True),
             audio_attention=AudioAttentionConfig(form="cross_slot", audio_dim=unet.cross_attention_dim,
                                                  scale=float(inf.get("audio_feature_ratio", 3.0))),
             face_locator=FaceLocatorConfig(conditioning_channels=fl.get("conditioning_channels", 1),

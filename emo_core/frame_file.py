@@ -8,6 +8,7 @@ closes, so nothing is left behind after a crash. Its folder is Python's temporar
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import shutil
 import tempfile
@@ -16,6 +17,7 @@ import threading
 import torch
 
 from .errors import InsufficientMemoryError
+from .finite import require_finite
 
 READ_BLOCK_BYTES = 8 * 2 ** 20  # whole-file passes (finiteness checks) read this much at a time: RAM per pass
 
@@ -91,3 +93,28 @@ def require_disk_space(needed: int, what: str, folder: str | None = None) -> Non
         raise InsufficientMemoryError(
             f"{what} need {needed / 2 ** 30:.2f} GiB of temporary disk space in {folder} but only "
             f"{free / 2 ** 30:.2f} GiB is free; free some space or point TMPDIR at a larger disk")
+
+
+class StoredRows:
+    """For feature dataclasses whose `hidden` is a tensor or a FrameFile (audio.AudioFeatures,
+    whisper_audio.WhisperFeatures): reading rows, moving to the host, the finiteness check."""
+    hidden: torch.Tensor | FrameFile
+
+    def _stored(self, start: int, stop: int) -> torch.Tensor:
+        if isinstance(self.hidden, FrameFile):
+            return self.hidden.read(start, stop)
+        return self.hidden[start:stop]
+
+    def on_host(self):
+        """These features as float32 on the CPU (a spilled file already is)."""
+        if isinstance(self.hidden, FrameFile):
+            return self
+        return dataclasses.replace(self, hidden=self.hidden.float().cpu())
+
+    def require_finite(self, what: str, fix: str) -> None:
+        """InvalidInputError naming `what` when a stored value is NaN or infinite (a file is read in blocks)."""
+        if not isinstance(self.hidden, FrameFile):
+            require_finite(self.hidden, what, fix)
+            return
+        for _, block in self.hidden.blocks():
+            require_finite(block, what, fix)

@@ -26,6 +26,19 @@ def _unet(kwargs: dict[str, Any]) -> UNetConfig:
     )
 
 
+def motion_config(d: dict[str, Any], in_plain_blocks: bool) -> MotionConfig:
+    """MotionConfig from a 3D UNet's constructor kwargs (AnimateDiff's `motion_module_kwargs` and the
+    resolution/placement switches), as Hallo and EchoMimic both write them."""
+    mm = d.get("motion_module_kwargs", {})
+    return MotionConfig(
+        heads=mm.get("num_attention_heads", 8), num_blocks=mm.get("num_transformer_block", 1),
+        attention_blocks=len(mm.get("attention_block_types", ("Temporal_Self", "Temporal_Self"))),
+        max_len=mm.get("temporal_position_encoding_max_len", 32),
+        resolutions=tuple(d.get("motion_module_resolutions", (1, 2, 4, 8))),
+        mid_block=d.get("motion_module_mid_block", True),
+        decoder_only=d.get("motion_module_decoder_only", False), in_plain_blocks=in_plain_blocks)
+
+
 def _audio_form(d: dict[str, Any]) -> str:
     names, depths = d.get("stack_enable_blocks_name"), d.get("stack_enable_blocks_depth")
     if not names or not depths:
@@ -91,13 +104,7 @@ def config_from_hallo(meta: dict[str, Any]) -> EmoNetConfig:
             raise IncompatibleCheckpointError("face_locator output width differs from the UNet's first block width")
         return hallo_preset(
             unet=unet,
-            motion=MotionConfig(
-                heads=mm.get("num_attention_heads", 8), num_blocks=mm.get("num_transformer_block", 1),
-                attention_blocks=len(mm.get("attention_block_types", ("Temporal_Self", "Temporal_Self"))),
-                max_len=mm.get("temporal_position_encoding_max_len", 32),
-                resolutions=tuple(d.get("motion_module_resolutions", (1, 2, 4, 8))),
-                mid_block=d.get("motion_module_mid_block", True),
-                decoder_only=d.get("motion_module_decoder_only", False), in_plain_blocks=False),
+            motion=motion_config(d, in_plain_blocks=False),
             audio_attention=AudioAttentionConfig(form=_audio_form(d), audio_dim=d.get("audio_attention_dim", 768)),
             audio_projection=WindowProjectionConfig(
                 window=ap["seq_len"], blocks=ap["blocks"], channels=ap["channels"],

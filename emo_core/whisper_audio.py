@@ -15,7 +15,6 @@ video frame (src/models/whisper/audio2feature.py and its modified whisper `trans
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 from dataclasses import dataclass
@@ -25,8 +24,7 @@ import torch.nn.functional as F
 
 from .audio import SAMPLE_RATE, to_mono_16k
 from .errors import InvalidInputError
-from .finite import require_finite
-from .frame_file import FrameFile
+from .frame_file import FrameFile, StoredRows
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +38,7 @@ SPILL_SECONDS = 60.0  # longer audio keeps its features in a temporary file (fra
 
 
 @dataclass
-class WhisperFeatures:
+class WhisperFeatures(StoredRows):
     """Whisper features of one audio track and the EchoMimic token windows cut from them on demand.
 
     hidden: (T, layers, C) float32 at 50 Hz (layers = encoder blocks + 1): a tensor, or a FrameFile on disk for
@@ -72,9 +70,7 @@ class WhisperFeatures:
     def rows(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
         """Whisper feature rows start..stop (50 Hz, not video frames) as a tensor (read from disk when spilled)."""
         stop = self.feature_rows if stop is None else stop
-        if isinstance(self.hidden, FrameFile):
-            return self.hidden.read(start, stop)
-        return self.hidden[start:stop]
+        return self._stored(start, stop)
 
     def frame_index(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
         """(stop - start, 10) int64 whisper rows read by video frames start..stop (EchoMimic's get_sliced_feature)."""
@@ -89,20 +85,6 @@ class WhisperFeatures:
         index = self.frame_index(start, stop)
         lo, hi = int(index.min()), int(index.max()) + 1  # only the rows these windows reach
         return self.rows(lo, hi)[index - lo]
-
-    def on_host(self) -> WhisperFeatures:
-        """These features as float32 on the CPU (a spilled file already is)."""
-        if isinstance(self.hidden, FrameFile):
-            return self
-        return dataclasses.replace(self, hidden=self.hidden.float().cpu())
-
-    def require_finite(self, what: str, fix: str) -> None:
-        """InvalidInputError naming `what` when a stored value is NaN or infinite (a file is read in blocks)."""
-        if not isinstance(self.hidden, FrameFile):
-            require_finite(self.hidden, what, fix)
-            return
-        for _, block in self.hidden.blocks():
-            require_finite(block, what, fix)
 
 
 def token_frame_index(frames, fps: float, rows: int) -> torch.Tensor:
