@@ -40,16 +40,22 @@ def check_sampling(features, latent_hw: tuple[int, int], prompt=None, node_id=No
     check_host_memory(MemoryEstimate(sampling_bytes(features.num_frames, (h, w), after), what), remedy, available)
 
 
-def check_audio_features(audio: dict, fps: float, clip_length: int, encoder, available=None) -> None:
-    """Before extracting features: the signal copies and the (frames, layers, hidden) features must fit (the
-    features in RAM, or on the temporary disk when the audio is long enough to be encoded in chunks)."""
+def _encoder_and_audio(audio, encoder):
+    """(encoder config, samples per channel, sample rate), or (None, 0, 0) when either is not usable."""
     cfg = getattr(encoder, "config", None)
     wave = audio.get("waveform") if isinstance(audio, dict) else None
     if cfg is None or wave is None or not hasattr(wave, "shape") or "sample_rate" not in audio:
-        return  # bad input is the extractor's to explain
+        return None, 0, 0
     samples, rate = int(wave.shape[-1]), int(audio["sample_rate"])
-    if samples < 1 or rate < 1:
-        return
+    return (cfg, samples, rate) if samples >= 1 and rate >= 1 else (None, 0, 0)
+
+
+def check_audio_features(audio: dict, fps: float, clip_length: int, encoder, available=None) -> None:
+    """Before extracting features: the signal copies and the (frames, layers, hidden) features must fit (the
+    features in RAM, or on the temporary disk when the audio is long enough to be encoded in chunks)."""
+    cfg, samples, rate = _encoder_and_audio(audio, encoder)
+    if cfg is None:
+        return  # bad input is the extractor's to explain
     parts = audio_features_bytes(samples, rate, fps, cfg.num_hidden_layers, cfg.hidden_size,
                                  conv_channels=cfg.conv_dim[-1], heads=cfg.num_attention_heads,
                                  intermediate=cfg.intermediate_size, clip_length=clip_length)
@@ -66,13 +72,9 @@ def check_whisper_features(audio: dict, encoder, available=None) -> None:
     on the temporary disk instead when the audio is long)."""
     from ..emo_core.whisper_audio import whisper_features_bytes, whisper_features_disk_bytes
 
-    cfg = getattr(encoder, "config", None)
-    wave = audio.get("waveform") if isinstance(audio, dict) else None
-    if cfg is None or wave is None or not hasattr(wave, "shape") or "sample_rate" not in audio:
+    cfg, samples, rate = _encoder_and_audio(audio, encoder)
+    if cfg is None:
         return  # bad input is the extractor's to explain
-    samples, rate = int(wave.shape[-1]), int(audio["sample_rate"])
-    if samples < 1 or rate < 1:
-        return
     layers, width = cfg.encoder_layers + 1, cfg.d_model
     what = f"the whisper features of {samples / rate:.0f} s of audio"
     parts = whisper_features_bytes(samples, rate, layers, width, cfg.num_mel_bins, cfg.encoder_attention_heads)
