@@ -101,7 +101,7 @@ face = Image.open(sys.argv[1]).convert("RGB").resize((128, 128))
 with av.open(sys.argv[2], "w") as c:
     s = c.add_stream("h264", rate=25)
     s.width, s.height, s.pix_fmt = 128, 128, "yuv420p"
-    for i in range(12):  # the head turns 3 degrees per frame in the image plane
+    for i in range(20):  # 0.8 s at 25 fps, longer than the 0.6 s audio; the head turns 3 degrees per frame
         frame = np.asarray(face.rotate(3 * i, resample=Image.BICUBIC, fillcolor=(128, 128, 128)))
         for packet in s.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
             c.mux(packet)
