@@ -8,6 +8,7 @@ on the device; finished clips go to the CPU as small latents. Latents in and out
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
@@ -30,11 +31,11 @@ SD15_LATENT_SCALE = 0.18215
 
 @dataclass(frozen=True)
 class SamplerSettings:
-    """steps: denoising steps per clip. guidance_scale: None = the family's default; <= 1 disables
-    classifier-free guidance (the conditional prediction alone, one forward per step). seed: clip k's noise
-    depends only on (seed, k). sampler: a name in scheduling.SAMPLERS. motion_scale: Hallo's
-    (pose, face, lip) audio weights. clip_length: None = the family's f."""
-    steps: int = 40
+    """steps: denoising steps per clip; None = the family's default (`default_steps`). guidance_scale: None =
+    the family's default; <= 1 disables classifier-free guidance (the conditional prediction alone, one forward
+    per step). seed: clip k's noise depends only on (seed, k). sampler: a name in scheduling.SAMPLERS.
+    motion_scale: Hallo's (pose, face, lip) audio weights. clip_length: None = the family's f."""
+    steps: int | None = None
     guidance_scale: float | None = None
     seed: int = 0
     sampler: str = "ddim"
@@ -42,8 +43,14 @@ class SamplerSettings:
     motion_scale: tuple[float, float, float] = (1.0, 1.0, 1.0)
     clip_length: int | None = None
 
+    def for_model(self, config) -> SamplerSettings:
+        """These settings with the family's defaults (EmoNetConfig) filled in where they are None."""
+        return dataclasses.replace(
+            self, steps=config.default_steps if self.steps is None else self.steps,
+            guidance_scale=config.guidance_scale if self.guidance_scale is None else self.guidance_scale).validate()
+
     def validate(self) -> SamplerSettings:
-        if self.steps < 1:
+        if self.steps is not None and self.steps < 1:
             raise InvalidInputError(f"steps must be >= 1, got {self.steps}")
         if self.guidance_scale is not None and self.guidance_scale < 0:
             raise InvalidInputError(f"guidance_scale must be >= 0, got {self.guidance_scale}")
@@ -150,10 +157,9 @@ def generate(net: EmoNet, video: VideoConditions, settings: SamplerSettings = Sa
     off its device (ComfyUI offloads models when VRAM is short), so the caller puts it back there.
     `drop_mask_fn(clip, (H, W))` replaces the seeded (H, W) bool keep-mask of Hallo2's pixel drop (tests).
     """
-    settings.validate()
+    settings = settings.validate().for_model(net.config)
     p = next(net.parameters())
-    run = _Run(net, video, settings, settings.clip_length or net.config.clip_length,
-               net.config.guidance_scale if settings.guidance_scale is None else settings.guidance_scale,
+    run = _Run(net, video, settings, settings.clip_length or net.config.clip_length, settings.guidance_scale,
                codec, p.device, p.dtype, noise_fn, drop_mask_fn)
     _check_inputs(run)
     _check_lengths(video)

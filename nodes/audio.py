@@ -54,11 +54,14 @@ class EmoAudioFeatures:
             "audio_encoder": ("EMO_AUDIO_ENCODER", {"tooltip": "From EMO Audio Encoder Loader: wav2vec2 for EMO "
                                                                "and Hallo, whisper_tiny.pt for EchoMimic."}),
             "audio": ("AUDIO", {"tooltip": "Speech or singing from Load Audio; any rate, mono or stereo."}),
-            "fps": ("FLOAT", {"default": 25.0, "min": 1.0, "max": 60.0, "step": 0.5,
-                              "tooltip": "Video frame rate; Hallo was trained at 25, EchoMimic at 24."}),
+            "fps": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 60.0, "step": 0.5,
+                              "tooltip": "Video frame rate. 0 = the loaded model's: 25 for EMO, Hallo and Hallo2 "
+                                         "(their training rate), 24 for EchoMimic. The fps output carries it on."}),
         }}
 
     def extract(self, emo_model, audio_encoder, audio, fps):
+        if fps <= 0:
+            fps = float(emo_model.config.default_fps)
         if _check_encoder(emo_model, audio_encoder) == "whisper":
             return self._whisper(emo_model, audio_encoder, audio, fps)
         cfg = emo_model.config

@@ -32,7 +32,8 @@ class EmoModelLoader:
     RETURN_TYPES = ("EMO_MODEL",)
     RETURN_NAMES = ("emo_model",)
     FUNCTION = "load"
-    DESCRIPTION = "Load an EMO, Hallo or Hallo2 checkpoint from models/emo; it reports the family it loaded."
+    DESCRIPTION = ("Load an EMO, Hallo, Hallo2 or EchoMimic v1 checkpoint from models/emo; it reports the family "
+                   "it loaded and the defaults (steps, CFG, fps) the sampler and audio nodes take at 0 / -1.")
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -58,7 +59,9 @@ class EmoModelLoader:
         cfg = net.config
         log.info("EMO model %s: family %s (asked: %s), %s on %s", model_name, cfg.family, family, dtype, device)
         info = {"model": model_name, "family": cfg.family, "clip_length": cfg.clip_length,
-                "motion_frames": cfg.motion_frames, "motion_pixel_drop": cfg.motion_pixel_drop}
+                "motion_frames": cfg.motion_frames, "motion_pixel_drop": cfg.motion_pixel_drop,
+                "long_video": cfg.long_video, "context_overlap": cfg.context_overlap,
+                "steps": cfg.default_steps, "cfg": cfg.guidance_scale, "fps": cfg.default_fps}
         return {"ui": {"emo_model": [info]},
                 "result": (EmoModel(net, path, device, dtype, services.wrap_model(net, device)),)}
 

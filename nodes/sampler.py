@@ -9,6 +9,18 @@ from ..emo_core.speed import speed_features
 from . import comfy_services as services
 from .memory_check import check_sampling
 
+# 0 / -1 follow the loaded model, so one workflow renders each family (and EchoMimic's 6-step weights) with
+# its own settings; any other value overrides them.
+STEPS_TOOLTIP = ("Denoising steps per clip. 0 = the loaded model's default: 40 for EMO, Hallo and Hallo2, 30 for "
+                 "EchoMimic, 6 for EchoMimic's acc weights.")
+CFG_TOOLTIP = ("Classifier-free guidance scale; <= 1 disables it (one UNet pass per step instead of two). -1 = the "
+               "loaded model's default: 3.5 for EMO, Hallo and Hallo2, 2.5 for EchoMimic, off for its acc weights.")
+
+
+def family_settings(config, steps: int, cfg: float) -> tuple[int, float]:
+    """(steps, cfg) with 0 steps and a negative cfg replaced by the family's defaults."""
+    return (steps if steps > 0 else config.default_steps, cfg if cfg >= 0 else config.guidance_scale)
+
 
 def _vae_codec(vae) -> VaeCodec | None:
     if vae is None:
@@ -69,10 +81,8 @@ class EmoSampler:
             "face_region": ("EMO_FACE_REGION", {"tooltip": "From EMO Face Locator (same portrait)."}),
             "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF, "control_after_generate": True,
                              "tooltip": "Clip k's noise depends only on (seed, k)."}),
-            "steps": ("INT", {"default": 40, "min": 1, "max": 200, "tooltip": "Denoising steps per clip (40 in "
-                                                                              "EMO and Hallo)."}),
-            "cfg": ("FLOAT", {"default": 3.5, "min": 0.0, "max": 20.0, "step": 0.1,
-                              "tooltip": "Classifier-free guidance scale (Hallo: 3.5); <= 1 disables it."}),
+            "steps": ("INT", {"default": 0, "min": 0, "max": 200, "tooltip": STEPS_TOOLTIP}),
+            "cfg": ("FLOAT", {"default": -1.0, "min": -1.0, "max": 20.0, "step": 0.1, "tooltip": CFG_TOOLTIP}),
             "sampler_name": (list(SAMPLERS), {"default": "ddim", "tooltip": "DDIM is what EMO and Hallo use."}),
         }, "optional": {
             "speed": ("EMO_SPEED", {"tooltip": "Head speed for EMO checkpoints (ignored by Hallo)."}),
@@ -102,6 +112,7 @@ class EmoSampler:
             reference_features=reference.features, reference_image=getattr(reference, "image", None))
         if speed is not None and emo_model.config.speed is not None:
             video.speed = speed_features(speed.per_frame(feats.num_frames, feats.fps), emo_model.config.speed)
+        steps, cfg = family_settings(emo_model.config, steps, cfg)
         settings = SamplerSettings(steps=steps, guidance_scale=cfg, seed=seed, sampler=sampler_name,
                                    motion_scale=(pose_weight, face_weight, lip_weight))
         net = services.load_on_device(emo_model.net, emo_model.patcher, emo_model.device)

@@ -1,6 +1,7 @@
 """EchoMimic v1 through the nodes without ComfyUI: its merged checkpoint and whisper_tiny.pt from the models
 folders, a portrait with a drawn face mask, real speech, down to a LATENT of exactly the audio's frame count;
-features made for another family are refused at the sampler with one sentence."""
+features made for another family are refused at the sampler with one sentence; steps 0, cfg -1 and fps 0 take
+the loaded family's defaults (the acc weights' 6 steps without CFG)."""
 from __future__ import annotations
 
 import math
@@ -29,6 +30,7 @@ def models(tmp_path_factory, parity):
     (root / "emo").mkdir()
     (root / "audio_encoders").mkdir()
     shutil.copy(echomimic_file("net.safetensors"), root / "emo" / "echomimic_tiny.safetensors")
+    shutil.copy(echomimic_file("net.safetensors"), root / "emo" / "echomimic_tiny_acc.safetensors")
     shutil.copy(echomimic_file("whisper_tiny.pt"), root / "audio_encoders" / "whisper_tiny.pt")
     write_parity_checkpoint(root / "emo" / "hallo_tiny.safetensors", parity[2])
     shutil.copytree(parity_dir() / "wav2vec2", root / "audio_encoders" / "wav2vec2-tiny")
@@ -78,3 +80,29 @@ def test_features_of_another_family_are_refused_at_the_sampler(env):
     with pytest.raises(errors.InvalidInputError, match="made by whisper but this hallo model takes wav2vec2"):
         run("EMO_Sampler", emo_model=hallo, reference=h_reference, audio_features=whisper_feats,
             face_region=h_region, seed=1, steps=1, cfg=3.5, sampler_name="ddim")
+
+
+
+@pytest.mark.parametrize("name", ["echomimic_tiny.safetensors", "echomimic_tiny_acc.safetensors", "hallo_tiny.safetensors"])
+def test_zero_steps_negative_cfg_and_zero_fps_follow_the_loaded_family(env, name, monkeypatch):
+    out = N["EMO_ModelLoader"]().load(model_name=name, precision="fp32")
+    (model,), info = out["result"], out["ui"]["emo_model"][0]
+    cfg = model.config
+    assert (info["steps"], info["cfg"], info["fps"]) == (cfg.default_steps, cfg.guidance_scale, cfg.default_fps)
+    if name.endswith("_acc.safetensors"):
+        assert (cfg.default_steps, cfg.guidance_scale) == (6, 1.0)
+    encoder = "whisper_tiny.pt" if cfg.family == "echomimic" else "wav2vec2-tiny"
+    seconds = (cfg.clip_length + 1) / cfg.default_fps
+    reference, feats, frames, region, _ = _inputs(model, encoder, seconds, 0.0)
+    explicit = _inputs(model, encoder, seconds, cfg.default_fps)
+    assert frames == explicit[2] == math.ceil(int(16000 * seconds) / 16000 * cfg.default_fps)
+    assert torch.equal(feats.features.windowed(0, frames), explicit[1].features.windowed(0, frames))
+
+    calls = []  # the settings the sampler node hands to emo_core's generate
+    monkeypatch.setattr(pack.nodes.sampler, "generate", lambda net, video, settings, **kw: (
+        calls.append(settings), torch.zeros(video.num_frames, *video.reference.shape))[1])
+    for steps, guidance, want in ((0, -1.0, (cfg.default_steps, cfg.guidance_scale)), (7, -1.0, (7, cfg.guidance_scale)),
+                                  (0, 0.5, (cfg.default_steps, 0.5)), (9, 4.0, (9, 4.0))):
+        run("EMO_Sampler", emo_model=model, reference=reference, audio_features=feats, face_region=region,
+            seed=3, steps=steps, cfg=guidance, sampler_name="ddim")
+        assert (calls[-1].steps, calls[-1].guidance_scale) == want

@@ -269,3 +269,18 @@ def test_hallo_without_a_vae_carries_latents_and_needs_masks(parity_net):
     v.masks = None
     with pytest.raises(InvalidInputError, match="masks"):
         generate(net, v, SamplerSettings(steps=1))
+
+
+def test_unset_steps_and_guidance_take_the_familys_defaults(net):
+    import dataclasses
+
+    cfg = dataclasses.replace(net.config, default_steps=3, guidance_scale=2.0)
+    assert SamplerSettings().for_model(cfg) == SamplerSettings(steps=3, guidance_scale=2.0)
+    assert SamplerSettings(steps=5, guidance_scale=0.0).for_model(cfg) == SamplerSettings(steps=5, guidance_scale=0.0)
+    seen = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(net, "config", cfg)
+        generate(net, video(net, 4), SamplerSettings(), on_step=seen.append)
+    assert seen and all(p.steps == 3 for p in seen) and [p.step for p in seen] == [1, 2, 3] * seen[0].clips
+    with pytest.raises(InvalidInputError, match="steps must be >= 1"):
+        SamplerSettings(steps=0).validate()

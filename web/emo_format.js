@@ -5,7 +5,8 @@
 //   EMO_AudioFeatures -> {"emo_audio": [{duration, frames, fps, clips, clip_length, motion_frames,
 //                                         sample_rate, channels}]}
 //   EMO_FaceLocator   -> {"images": [...], "emo_face": [{box: [x0, y0, x1, y1], width, height, frames, source}]}
-//   EMO_ModelLoader   -> {"emo_model": [{model, family, clip_length, motion_frames, motion_pixel_drop}]}
+//   EMO_ModelLoader   -> {"emo_model": [{model, family, clip_length, motion_frames, motion_pixel_drop, long_video,
+//                                         context_overlap, steps, cfg, fps}]}
 // Every function here tolerates missing or odd fields: it leaves that part out, or returns "" / null.
 
 export const AUDIO_KEY = "emo_audio";
@@ -18,7 +19,7 @@ export const MAX_ENTRIES = 8;
 const SEP = " \u00b7 "; // " · "
 const TIMES = "\u00d7"; // "×"
 const SOURCES = { mediapipe: "MediaPipe", mask: "from mask" };
-const FAMILIES = { emo: "EMO", hallo: "Hallo", hallo2: "Hallo2" };
+const FAMILIES = { emo: "EMO", hallo: "Hallo", hallo2: "Hallo2", echomimic: "EchoMimic" };
 
 function isPlainObject(value) {
   return value !== null && typeof value === "object" && !Array.isArray(value);
@@ -139,7 +140,10 @@ export function formatFaceInfo(info) {
   return lines.join("\n");
 }
 
-/** "Hallo2 · clips of 16 (2 motion) · 25% motion pixels dropped"; "" when nothing usable. */
+/**
+ * "Hallo2 · clips of 16 (2 motion) · 25% motion pixels dropped · 40 steps, CFG 3.5, 25 fps";
+ * EchoMimic: "EchoMimic · windows of 12 (3 overlap) · 6 steps, no CFG, 24 fps"; "" when nothing usable.
+ */
 export function formatModelInfo(info) {
   if (!isPlainObject(info)) return "";
   const parts = [];
@@ -149,12 +153,31 @@ export function formatModelInfo(info) {
   }
   const length = count(info.clip_length);
   if (length !== null && length > 0) {
-    const motion = count(info.motion_frames);
-    parts.push(`clips of ${formatNumber(length, 0)}` + (motion !== null ? ` (${formatNumber(motion, 0)} motion)` : ""));
+    if (info.long_video === "context_windows") {
+      const overlap = count(info.context_overlap);
+      parts.push(`windows of ${formatNumber(length, 0)}` + (overlap !== null ? ` (${formatNumber(overlap, 0)} overlap)` : ""));
+    } else {
+      const motion = count(info.motion_frames);
+      parts.push(`clips of ${formatNumber(length, 0)}` + (motion !== null ? ` (${formatNumber(motion, 0)} motion)` : ""));
+    }
   }
   const drop = count(info.motion_pixel_drop);
   if (drop !== null && drop > 0 && drop < 1) parts.push(`${formatNumber(drop * 100, 1)}% motion pixels dropped`);
+  const defaults = formatDefaults(info);
+  if (defaults) parts.push(defaults);
   return parts.join(SEP);
+}
+
+/** The family's sampling defaults (what steps 0, cfg -1 and fps 0 take): "6 steps, no CFG, 24 fps". */
+function formatDefaults(info) {
+  const parts = [];
+  const steps = count(info.steps);
+  if (steps !== null && steps >= 1) parts.push(plural(steps, "step"));
+  const cfg = count(info.cfg);
+  if (cfg !== null) parts.push(cfg <= 1 ? "no CFG" : `CFG ${formatNumber(cfg, 2)}`);
+  const fps = count(info.fps);
+  if (fps !== null && fps > 0) parts.push(`${formatNumber(fps, 3)} fps`);
+  return parts.join(", ");
 }
 
 function describeEach(message, key, formatEntry) {
