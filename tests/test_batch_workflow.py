@@ -138,3 +138,16 @@ def test_the_packs_api_workflow_binds_every_field_and_keeps_the_reference_branch
     binding.require(FIELDS)
     report = check_reference_branch(workflow, binding)
     assert report.ok, report.describe()
+
+
+def test_the_output_is_save_videos_or_the_streaming_savers():
+    wf = load_fixture_workflow()
+    (save_id,) = [i for i, n in wf.items() if n["class_type"] == "SaveVideo"]
+    wf[save_id]["class_type"] = "EMO_SaveVideo"
+    assert bind(wf)["output"] == Target(save_id, "filename_prefix")
+    wf["999"] = {"class_type": "SaveVideo", "inputs": {"filename_prefix": "x"}}
+    with pytest.raises(WorkflowError, match=f"2 SaveVideo or EMO_SaveVideo nodes \\(ids {save_id}, 999\\).*--bind output="):
+        bind(wf)["output"]
+    del wf["999"], wf[save_id]
+    with pytest.raises(WorkflowError, match="no SaveVideo or EMO_SaveVideo node"):
+        bind(wf)["output"]

@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT, SHARED, mediapipe_models_or_skip, parity_dir, tiny_emo_config_for_fixture_audio
+from conftest import ROOT, SHARED, echomimic_file, mediapipe_models_or_skip, parity_dir, tiny_emo_config_for_fixture_audio
 from test_workflows import CORE, FILE_INPUTS, NAMES, OURS, load_api, load_ui
 
 COMFYUI_DIR = os.environ.get("COMFYUI_DIR")
@@ -135,6 +135,8 @@ def install_models(models: Path) -> bool:
     save_native(EmoNet(tiny_emo_config_for_fixture_audio(clip_length=4, motion_frames=2)).eval(),
                 str(models / "emo" / "emo_tiny.safetensors"))
     shutil.copytree(wav2vec, models / "audio_encoders" / "wav2vec2-tiny")
+    shutil.copy(echomimic_file("net.safetensors"), models / "emo" / "echomimic_tiny.safetensors")
+    shutil.copy(echomimic_file("whisper_tiny.pt"), models / "audio_encoders" / "whisper_tiny.pt")
     comfy_python(TAESD_SCRIPT.replace("OUT", repr(str(models / "vae" / "tiny_taesd.safetensors"))))
     if subprocess.run([COMFYUI_PYTHON, "-c", "import onnxruntime"], capture_output=True).returncode:
         return False
@@ -276,16 +278,23 @@ def cut_wav(src: Path, dst: Path, seconds: float) -> Path:
     return dst
 
 
+# The tiny stand-ins of each workflow's checkpoint and audio encoder (Hallo's otherwise; emo_hallo2 sets the
+# loader's family to hallo2 itself).
+TINY_MODELS = {"emo_speed_from_video": ("emo_tiny.safetensors", "wav2vec2-tiny"),
+               "emo_echomimic": ("echomimic_tiny.safetensors", "whisper_tiny.pt")}
+
+
 def tiny_prompt(name: str, comfy: Comfy, **files) -> dict:
     """The API twin with the tiny models, the uploaded media, a SIZE x SIZE portrait and 2 steps."""
     prompt = load_api(name)
-    values = {"EMO_ModelLoader": {"model_name": "emo_tiny.safetensors" if name == "emo_speed_from_video"
-                                  else "hallo_tiny.safetensors"},
+    model, encoder = TINY_MODELS.get(name, ("hallo_tiny.safetensors", "wav2vec2-tiny"))
+    values = {"EMO_ModelLoader": {"model_name": model},
               "VAELoader": {"vae_name": "tiny_taesd.safetensors"},
-              "EMO_AudioEncoderLoader": {"encoder_name": "wav2vec2-tiny"},
+              "EMO_AudioEncoderLoader": {"encoder_name": encoder},
               "ImageScale": {"width": SIZE, "height": SIZE}, "EMO_Sampler": {"steps": 2},
               "LoadImage": {"image": files.get("image")}, "LoadAudio": {"audio": files.get("audio")},
-              "LoadVideo": {"file": files.get("video")}, "SaveVideo": {"filename_prefix": f"emo_e2e/{name}"}}
+              "LoadVideo": {"file": files.get("video")}, "SaveVideo": {"filename_prefix": f"emo_e2e/{name}"},
+              "EMO_SaveVideo": {"filename_prefix": f"emo_e2e/{name}"}}
     for node_id, node in list(prompt.items()):
         node["inputs"].update(values.get(node["class_type"], {}))
         if node["class_type"] == "EMO_FaceEmbedderLoader" and not comfy.identity:
@@ -394,6 +403,28 @@ def test_speed_from_a_driving_video_with_a_native_emo_checkpoint(comfy, media, t
     print(f"\nemo_speed_from_video: {entry['seconds']:.1f} s, mean head speed {mean_speed:.3f} rad/s, {streams}")
     assert 0.2 < mean_speed < 3.0  # 3 degrees per frame at 25 fps is 1.31 rad/s, less at the smoothed ends
     assert streams["video"]["frames"] == 15 and streams["audio"]["codec"] == "aac"
+
+
+def test_echomimic_workflow_renders_in_context_windows_with_the_familys_fps(comfy, media):
+    prompt = tiny_prompt("emo_echomimic", comfy, image=media["portrait"], audio=media["speech"])
+    entry = comfy.run(prompt)
+    model = entry["outputs"][node_id(prompt, "EMO_ModelLoader")]["emo_model"][0]
+    audio = entry["outputs"][node_id(prompt, "EMO_AudioFeatures")]["emo_audio"][0]
+    streams = {s["type"]: s for s in probe(saved_video(comfy, entry))["streams"]}
+    print(f"\nemo_echomimic: {entry['seconds']:.1f} s, {model}, {audio}, {streams}")
+    assert model["family"] == "echomimic" and audio["fps"] == model["fps"]
+    assert streams["video"]["frames"] == audio["frames"] and streams["audio"]["codec"] == "aac"
+
+
+def test_hallo2_workflow_streams_the_video_to_disk(comfy, media):
+    prompt = tiny_prompt("emo_hallo2", comfy, image=media["portrait"], audio=media["speech"])
+    entry = comfy.run(prompt)
+    model = entry["outputs"][node_id(prompt, "EMO_ModelLoader")]["emo_model"][0]
+    audio = entry["outputs"][node_id(prompt, "EMO_AudioFeatures")]["emo_audio"][0]
+    streams = {s["type"]: s for s in probe(saved_video(comfy, entry))["streams"]}
+    print(f"\nemo_hallo2: {entry['seconds']:.1f} s, {model}, {streams}")
+    assert model["family"] == "hallo2" and model["motion_pixel_drop"] > 0
+    assert streams["video"]["frames"] == audio["frames"] and streams["audio"]["codec"] == "aac"
 
 
 def test_batch_client_renders_jobs_on_the_real_server(comfy, tmp_path):

@@ -13,7 +13,13 @@ from conftest import ROOT, load_pack
 pack = load_pack()
 OURS = pack.NODE_CLASS_MAPPINGS
 WORKFLOWS = ROOT / "example_workflows"
-NAMES = ("emo_portrait_audio", "emo_sd15_portrait", "emo_speed_from_video")
+NAMES = ("emo_portrait_audio", "emo_sd15_portrait", "emo_speed_from_video", "emo_echomimic", "emo_hallo2")
+# The checkpoint each workflow names, the audio encoder that family takes, and the family the loader is set to.
+MODELS = {"emo_portrait_audio": ("net.pth", "wav2vec2-base-960h", "auto"),
+          "emo_sd15_portrait": ("net.pth", "wav2vec2-base-960h", "auto"),
+          "emo_speed_from_video": ("emo.safetensors", "wav2vec2-base-960h", "auto"),
+          "emo_echomimic": ("echomimic/denoising_unet.pth", "whisper_tiny.pt", "auto"),
+          "emo_hallo2": ("hallo2/net.pth", "wav2vec2-base-960h", "hallo2")}
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 FRONTEND_ONLY = {"MarkdownNote", "Note"}  # frontend notes: never sent to the server, no API twin
 # Inputs that name files: their values depend on what a user has installed, so they are not checked here.
@@ -152,7 +158,7 @@ def name(request):
     return request.param
 
 
-def test_the_folder_holds_three_ui_workflows_with_api_twins():
+def test_the_folder_holds_the_ui_workflows_with_api_twins():
     ui = sorted(p.stem for p in WORKFLOWS.glob("*.json"))
     api = sorted(p.name.removesuffix(".api.json") for p in (WORKFLOWS / "api").glob("*.json"))
     assert ui == api == sorted(NAMES)
@@ -250,6 +256,8 @@ def test_ui_widget_values_fit_the_widgets(name):
                 assert isinstance(value, str) and value, where
             elif isinstance(opts, list):
                 assert value in opts, f"{where}.{key} = {value!r} is not one of {opts}"
+            elif schema.inputs[key] == "STRING":
+                assert isinstance(value, str) and value, f"{where}.{key} = {value!r}"
             else:
                 assert opts.get("min", value) <= value <= opts.get("max", value), f"{where}.{key} = {value}"
                 assert isinstance(value, (int, float)) and (schema.inputs[key] != "INT" or isinstance(value, int))
@@ -323,23 +331,34 @@ def test_the_portrait_branch_has_no_audio_ancestor(name):
 
 def test_the_video_gets_the_frame_rate_and_audio_of_the_features(name):
     api = load_api(name)
-    (video,) = [n for n in api.values() if n["class_type"] == "CreateVideo"]
+    (video,) = [n for n in api.values() if n["class_type"] in ("CreateVideo", "EMO_SaveVideo")]
     (features_id,) = [i for i, n in api.items() if n["class_type"] == "EMO_AudioFeatures"]
     assert video["inputs"]["fps"] == [features_id, 2]
     assert video["inputs"]["audio"] == api[features_id]["inputs"]["audio"]
-    decode = api[video["inputs"]["images"][0]]
-    assert decode["class_type"] == "VAEDecode" and api[decode["inputs"]["samples"][0]]["class_type"] == "EMO_Sampler"
-    (sampler,) = [n for n in api.values() if n["class_type"] == "EMO_Sampler"]
-    assert sampler["inputs"]["vae"] == decode["inputs"]["vae"]  # Hallo re-encodes motion frames with it
+    if video["class_type"] == "CreateVideo":  # VAE Decode -> Create Video, or the streaming saver decodes
+        decode = api[video["inputs"]["images"][0]]
+        assert decode["class_type"] == "VAEDecode"
+    else:
+        decode = video
+    (sampler_id,) = [i for i, n in api.items() if n["class_type"] == "EMO_Sampler"]
+    assert decode["inputs"]["latent" if decode is video else "samples"] == [sampler_id, 0]
+    if MODELS[name][1] != "whisper_tiny.pt":  # Hallo re-encodes motion frames with it; EchoMimic has none
+        assert api[sampler_id]["inputs"]["vae"] == decode["inputs"]["vae"]
 
 
-@pytest.mark.parametrize("name, model", [("emo_portrait_audio", "net.pth"), ("emo_sd15_portrait", "net.pth"),
-                                         ("emo_speed_from_video", "emo.safetensors")])
-def test_default_model_files(name, model):
+def test_sampling_settings_follow_the_loaded_family(name):
+    (sampler,) = [n["inputs"] for n in load_api(name).values() if n["class_type"] == "EMO_Sampler"]
+    (features,) = [n["inputs"] for n in load_api(name).values() if n["class_type"] == "EMO_AudioFeatures"]
+    assert (sampler["steps"], sampler["cfg"], features["fps"]) == (0, -1.0, 0.0)
+
+
+def test_default_model_files(name):
     api = load_api(name)
     by_type = {n["class_type"]: n["inputs"] for n in api.values()}
+    model, encoder, family = MODELS[name]
     assert by_type["EMO_ModelLoader"]["model_name"] == model
-    assert by_type["EMO_AudioEncoderLoader"]["encoder_name"] == "wav2vec2-base-960h"
+    assert by_type["EMO_ModelLoader"]["family"] == family
+    assert by_type["EMO_AudioEncoderLoader"]["encoder_name"] == encoder
     if "VAELoader" in by_type:
         assert by_type["VAELoader"]["vae_name"] == "sd-vae-ft-mse.safetensors"
 
@@ -383,3 +402,27 @@ def test_portrait_audio_api_fits_the_batch_client():
     binding = bind(api)
     assert not binding.problems, binding.problems
     assert check_reference_branch(api, binding).ok
+
+
+def test_every_api_twin_binds_the_batch_clients_fields(name):
+    from emo_core.batch.workflow import REQUIRED, bind, check_reference_branch
+
+    api = load_api(name)
+    binding = bind(api)
+    painted = not any(n["class_type"] == "LoadImage" for n in api.values())  # the SD 1.5 one paints its portrait
+    binding.require([f for f in REQUIRED + ("seed", "steps") if not (painted and f == "portrait")])
+    assert painted or check_reference_branch(api, binding).ok
+    saver = api[binding["output"].node]["class_type"]
+    assert saver == ("EMO_SaveVideo" if name == "emo_hallo2" else "SaveVideo")  # Hallo2: long audio, streamed
+
+
+def test_echomimic_workflow_has_no_identity_or_speed_nodes():
+    kinds = {n["class_type"] for n in load_api("emo_echomimic").values()}
+    assert not kinds & {"EMO_FaceEmbedderLoader", "EMO_SpeedConstant", "EMO_SpeedFromVideo"}
+
+
+def test_every_workflow_has_a_template_browser_thumbnail(name):
+    from PIL import Image
+
+    with Image.open(WORKFLOWS / f"{name}.jpg") as image:
+        assert image.format == "JPEG" and image.width == image.height >= 256

@@ -13,14 +13,16 @@ from pathlib import Path
 
 from .errors import WorkflowError
 
-# field -> (class_type, input name). The API contract of the pack's nodes and of the core loaders.
+# field -> (class_types, input name): the one node of any of those types takes the field. The API contract
+# of the pack's nodes and of the core loaders. The output is Save Video's, or EMO Save Video (Streaming)'s in
+# workflows for long audio.
 FIELDS = {
-    "portrait": ("LoadImage", "image"),
-    "audio": ("LoadAudio", "audio"),
-    "seed": ("EMO_Sampler", "seed"),
-    "steps": ("EMO_Sampler", "steps"),
-    "speed": ("EMO_SpeedConstant", "speed"),
-    "output": ("SaveVideo", "filename_prefix"),
+    "portrait": (("LoadImage",), "image"),
+    "audio": (("LoadAudio",), "audio"),
+    "seed": (("EMO_Sampler",), "seed"),
+    "steps": (("EMO_Sampler",), "steps"),
+    "speed": (("EMO_SpeedConstant",), "speed"),
+    "output": (("SaveVideo", "EMO_SaveVideo"), "filename_prefix"),
 }
 REQUIRED = ("portrait", "audio", "output")
 REFERENCE_CLASS = "EMO_ReferenceEncode"
@@ -92,12 +94,12 @@ def bind(workflow: dict, overrides: dict[str, Target] | None = None) -> Binding:
     overrides = overrides or {}
     targets: dict[str, Target] = {}
     problems: dict[str, str] = {}
-    for field, (class_type, input_name) in FIELDS.items():
+    for field, (class_types, input_name) in FIELDS.items():
         try:
             if field in overrides:
                 targets[field] = _check_override(workflow, field, overrides[field])
             else:
-                targets[field] = _find(workflow, field, class_type, input_name)
+                targets[field] = _find(workflow, field, class_types, input_name)
         except WorkflowError as err:
             problems[field] = str(err)
     return Binding(targets, problems)
@@ -115,13 +117,14 @@ def _check_override(workflow: dict, field: str, target: Target) -> Target:
     return target
 
 
-def _find(workflow: dict, field: str, class_type: str, input_name: str) -> Target:
-    ids = sorted((i for i, n in workflow.items() if n["class_type"] == class_type), key=_id_order)
+def _find(workflow: dict, field: str, class_types: tuple[str, ...], input_name: str) -> Target:
+    ids = sorted((i for i, n in workflow.items() if n["class_type"] in class_types), key=_id_order)
     hint = f"--bind {field}=NODE_ID.{input_name}"
+    kind = " or ".join(class_types)
     if not ids:
-        raise WorkflowError(f"{field}: the workflow has no {class_type} node; add one or pass {hint}")
+        raise WorkflowError(f"{field}: the workflow has no {kind} node; add one or pass {hint}")
     if len(ids) > 1:
-        raise WorkflowError(f"{field}: the workflow has {len(ids)} {class_type} nodes (ids {', '.join(ids)}); "
+        raise WorkflowError(f"{field}: the workflow has {len(ids)} {kind} nodes (ids {', '.join(ids)}); "
                             f"pass {hint} to choose one")
     return Target(ids[0], input_name)
 
