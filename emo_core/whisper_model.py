@@ -7,6 +7,8 @@ Accepted:
   the decoder's keys are not needed and are ignored.
 - A Hugging Face folder (config.json with model_type "whisper" + model.safetensors, or pytorch_model.bin), of a
   WhisperModel or WhisperForConditionalGeneration: only its encoder is built and loaded.
+- One .safetensors file with a whisper encoder's keys (`encoder.` or `model.encoder.`, transformers' or OpenAI's
+  names), as ComfyUI's audio_encoders folder holds single files: the config is read from the tensor shapes.
 """
 from __future__ import annotations
 
@@ -40,17 +42,38 @@ _OPENAI_RENAMES = [  # (pattern, replacement) on encoder keys with the "encoder.
 
 def is_whisper(path: str) -> bool:
     """Whether an audio-encoder file or folder is whisper (else it is taken for wav2vec2): a pickle file
-    (.pt/.pth: OpenAI's format; wav2vec2 files are .safetensors) or a folder whose config.json says whisper."""
+    (.pt/.pth: OpenAI's format; wav2vec2 files are .safetensors), a folder whose config.json says whisper, or a
+    .safetensors file whose keys hold a whisper encoder's first convolution (only the header is read)."""
     if os.path.isdir(path):
         config = _read_config(os.path.join(path, "config.json"))
         return config is not None and config.get("model_type") == "whisper"
+    if path.lower().endswith(".safetensors"):
+        return _whisper_prefix(_safetensors_keys(path)) is not None
     return path.lower().endswith(PICKLE_SUFFIXES)
+
+
+def _safetensors_keys(path: str) -> list[str]:
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(path, framework="pt") as f:
+            return list(f.keys())
+    except (OSError, ValueError, RuntimeError, SafetensorError):  # unreadable: the wav2vec2 loader says why
+        return []
+
+
+def _whisper_prefix(keys) -> str | None:
+    """"model.encoder." / "encoder." where the keys hold a whisper encoder (its conv1 over mel bins), else None."""
+    keys = set(keys)
+    return next((p for p in ("model.encoder.", "encoder.") if f"{p}conv1.weight" in keys), None)
 
 
 def load_whisper(path: str, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
     """transformers WhisperEncoder in eval mode, from OpenAI's .pt format or a Hugging Face folder."""
     if os.path.isdir(path):
         encoder = _from_folder(path)
+    elif os.path.isfile(path) and path.lower().endswith(".safetensors"):
+        encoder = _from_single_file(path)
     elif os.path.isfile(path):
         encoder = _from_openai(path)
     else:
@@ -104,6 +127,55 @@ def _openai_to_hf(key: str) -> str:
         if count:
             return renamed
     return key  # conv1/conv2 keep their names
+
+
+def _from_single_file(path: str):
+    from safetensors.torch import load_file
+
+    name = os.path.basename(path)
+    state = load_file(path)
+    prefix = _whisper_prefix(state)
+    if prefix is None:
+        raise IncompatibleCheckpointError(f"'{name}' holds no whisper encoder (no encoder.conv1.weight); use "
+                                          f"EchoMimic's {WHISPER_FILE} or a Hugging Face whisper folder")
+    encoder = {_openai_to_hf(k[len(prefix):]): v for k, v in state.items() if k.startswith(prefix)}
+    return _build(_config_from_shapes(encoder, name, _header_heads(path)), encoder, name)
+
+
+def _header_heads(path: str) -> int | None:
+    """The encoder's attention heads where the file's metadata says: OpenAI's `dims` (n_audio_head) or a
+    transformers `config` (encoder_attention_heads), as JSON strings."""
+    from safetensors import safe_open
+
+    with safe_open(path, framework="pt") as f:
+        metadata = f.metadata() or {}
+    for entry, key in (("dims", "n_audio_head"), ("config", "encoder_attention_heads")):
+        try:
+            heads = json.loads(metadata.get(entry, "{}")).get(key)
+        except (ValueError, AttributeError):
+            heads = None
+        if isinstance(heads, int) and heads > 0:
+            return heads
+    return None
+
+
+def _config_from_shapes(state: dict[str, torch.Tensor], name: str, heads: int | None = None):
+    """A WhisperConfig for an encoder state dict in transformers' names: widths from conv1 and fc1, the audio
+    positions from embed_positions; `heads` None: one head per 64 channels (every released whisper size)."""
+    from transformers import WhisperConfig
+
+    try:
+        width, mels = state["conv1.weight"].shape[:2]
+        positions = state["embed_positions.weight"].shape[0]
+        ffn = state["layers.0.fc1.weight"].shape[0]
+    except (KeyError, ValueError) as err:
+        raise IncompatibleCheckpointError(f"'{name}' is missing whisper encoder key {err}; use EchoMimic's "
+                                          f"{WHISPER_FILE} or a Hugging Face whisper folder") from None
+    layers = len({k.split(".")[1] for k in state if k.startswith("layers.")})
+    return WhisperConfig(num_mel_bins=int(mels), max_source_positions=int(positions), d_model=int(width),
+                         encoder_layers=layers, encoder_attention_heads=heads or max(1, int(width) // 64),
+                         encoder_ffn_dim=int(ffn), activation_function="gelu", scale_embedding=False,
+                         dropout=0.0, attention_dropout=0.0, activation_dropout=0.0)
 
 
 def _from_folder(path: str):

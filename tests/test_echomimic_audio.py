@@ -321,3 +321,38 @@ def test_folder_of_a_conditional_generation_checkpoint_loads_its_encoder(tmp_pat
     tensors, meta = cases
     feats = extract_whisper_features(load_whisper(str(folder)), tensors["audio.waveform"], fps_of(meta))
     close(feats.rows(), tensors["audio.features"], FEATURE_TOL)
+
+
+@pytest.mark.parametrize("layout", ["hf", "hf_model", "openai"])
+def test_one_safetensors_file_loads_as_whisper(tmp_path, cases, layout):
+    """A whisper encoder saved as one .safetensors (transformers' names under encoder. or model.encoder., or
+    OpenAI's names) is told from wav2vec2 by its keys and gives the .pt file's features."""
+    import json as json_module
+
+    from safetensors.torch import save_file
+
+    data = torch.load(echomimic_file("whisper_tiny.pt"), weights_only=True)
+    reference = load_whisper(str(echomimic_file("whisper_tiny.pt")))
+    if layout == "openai":
+        state = {k: v for k, v in data["model_state_dict"].items() if k.startswith("encoder.")}
+    else:
+        prefix = "encoder." if layout == "hf" else "model.encoder."
+        state = {prefix + k: v for k, v in reference.state_dict().items()}
+    path = tmp_path / f"whisper_{layout}.safetensors"
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path),
+              metadata={"dims": json_module.dumps(data["dims"])})
+    assert is_whisper(str(path))
+    encoder = load_whisper(str(path))
+    assert encoder.config.encoder_attention_heads == data["dims"]["n_audio_head"]
+    tensors, meta = cases
+    close(extract_whisper_features(encoder, tensors["audio.waveform"], fps_of(meta)).rows(),
+          tensors["audio.features"], FEATURE_TOL)
+
+
+def test_a_wav2vec2_safetensors_is_not_taken_for_whisper(tmp_path):
+    from safetensors.torch import save_file
+
+    path = tmp_path / "w2v.safetensors"
+    save_file({"feature_extractor.conv_layers.0.conv.weight": torch.zeros(2, 1, 3)}, str(path))
+    (tmp_path / "junk.safetensors").write_bytes(b"not safetensors")
+    assert not is_whisper(str(path)) and not is_whisper(str(tmp_path / "junk.safetensors"))
