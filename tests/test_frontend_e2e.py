@@ -191,7 +191,8 @@ RUN = {
         {"box": [120, 80, 392, 400], "width": 512, "height": 512, "frames": 1, "source": "mediapipe"}]}},
     "EMO_ModelLoader": {"widget": "emo_model_info", "type": "executed", "data": {"emo_model": [
         {"model": "hallo2/net.pth", "family": "hallo2", "clip_length": 16, "motion_frames": 2,
-         "motion_pixel_drop": 0.25}]}},
+         "motion_pixel_drop": 0.25, "long_video": "motion_frames", "context_overlap": 3, "steps": 40, "cfg": 3.5,
+         "fps": 25.0}]}},
     "EMO_Sampler": {"widget": "emo_progress", "type": "emo.progress",
                     "data": {"clip": 2, "clips": 20, "step": 7, "steps": 25}},
 }
@@ -636,7 +637,8 @@ def _expected_text(node_type: str) -> list[str]:
         return [f"{info['duration']:.2f} s", f"{info['frames']} frames", f"{info['clips']} clips"]
     if node_type == "EMO_ModelLoader":
         (info,) = data["emo_model"]
-        return ["Hallo2", f"clips of {info['clip_length']}", f"{info['motion_pixel_drop'] * 100:g}% motion pixels"]
+        return ["Hallo2", f"clips of {info['clip_length']}", f"{info['motion_pixel_drop'] * 100:g}% motion pixels",
+                f"{info['steps']} steps, CFG {info['cfg']:g}, {info['fps']:g} fps"]
     (info,) = data["emo_face"]
     return ["face box " + ",".join(map(str, info["box"][:2])), f"image {info['width']}\u00d7{info['height']}"]
 

@@ -141,8 +141,8 @@ export function formatFaceInfo(info) {
 }
 
 /**
- * "Hallo2 · clips of 16 (2 motion) · 25% motion pixels dropped · 40 steps, CFG 3.5, 25 fps";
- * EchoMimic: "EchoMimic · windows of 12 (3 overlap) · 6 steps, no CFG, 24 fps"; "" when nothing usable.
+ * "Hallo2 · clips of 16 (2 motion) · 25% motion pixels dropped\n40 steps, CFG 3.5, 25 fps";
+ * EchoMimic: "EchoMimic · windows of 12 (3 overlap)\n6 steps, no CFG, 24 fps"; "" when nothing usable.
  */
 export function formatModelInfo(info) {
   if (!isPlainObject(info)) return "";
@@ -163,9 +163,8 @@ export function formatModelInfo(info) {
   }
   const drop = count(info.motion_pixel_drop);
   if (drop !== null && drop > 0 && drop < 1) parts.push(`${formatNumber(drop * 100, 1)}% motion pixels dropped`);
-  const defaults = formatDefaults(info);
-  if (defaults) parts.push(defaults);
-  return parts.join(SEP);
+  // The defaults on a line of their own keep the node about as narrow as the loader's widgets.
+  return [parts.join(SEP), formatDefaults(info)].filter(Boolean).join("\n");
 }
 
 /** The family's sampling defaults (what steps 0, cfg -1 and fps 0 take): "6 steps, no CFG, 24 fps". */

@@ -133,14 +133,14 @@ describe("formatModelInfo / describeModel", () => {
     assert.equal(formatModelInfo({ family: "emo", clip_length: 12 }), "EMO \u00b7 clips of 12");
     assert.equal(formatModelInfo({ family: "echomimic" }), "EchoMimic");
     assert.equal(formatModelInfo({ family: "hallo", clip_length: 16, motion_frames: 2, steps: 40, cfg: 3.5, fps: 25 }),
-      "Hallo \u00b7 clips of 16 (2 motion) \u00b7 40 steps, CFG 3.5, 25 fps");
+      "Hallo \u00b7 clips of 16 (2 motion)\n40 steps, CFG 3.5, 25 fps");
     assert.equal(describeModel({ [MODEL_KEY]: [{ family: "emo" }, MODEL] }), `EMO\n${formatModelInfo(MODEL)}`);
   });
   test("EchoMimic: context windows and the acc weights' defaults", () => {
     const acc = { family: "echomimic", clip_length: 12, motion_frames: 0, long_video: "context_windows",
       context_overlap: 3, steps: 6, cfg: 1.0, fps: 24 };
-    assert.equal(formatModelInfo(acc), "EchoMimic \u00b7 windows of 12 (3 overlap) \u00b7 6 steps, no CFG, 24 fps");
-    assert.equal(formatModelInfo({ ...acc, steps: 1, cfg: 2.5 }), "EchoMimic \u00b7 windows of 12 (3 overlap) \u00b7 1 step, CFG 2.5, 24 fps");
+    assert.equal(formatModelInfo(acc), "EchoMimic \u00b7 windows of 12 (3 overlap)\n6 steps, no CFG, 24 fps");
+    assert.equal(formatModelInfo({ ...acc, steps: 1, cfg: 2.5 }), "EchoMimic \u00b7 windows of 12 (3 overlap)\n1 step, CFG 2.5, 24 fps");
   });
   test("returns an empty string for odd input", () => {
     for (const v of ODD) {
