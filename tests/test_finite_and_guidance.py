@@ -128,4 +128,5 @@ def test_negative_guidance_is_refused_and_the_tooltip_says_what_happens(net):
     with pytest.raises(InvalidInputError, match="guidance_scale must be >= 0"):
         generate(net, _video(net), SamplerSettings(steps=1, guidance_scale=-0.5))
     cfg = N["EMO_Sampler"].INPUT_TYPES()["required"]["cfg"][1]
-    assert cfg["min"] == 0.0 and "<= 1 disables it" in cfg["tooltip"]
+    # The node's only negative value, -1, stands for the family's default (tests/test_echomimic_nodes.py).
+    assert cfg["min"] == -1.0 and "<= 1 disables it" in cfg["tooltip"] and "-1 = the loaded model's" in cfg["tooltip"]
