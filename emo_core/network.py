@@ -131,16 +131,14 @@ class EmoNet(nn.Module):
         per_video = 1 + self.config.motion_frames if per_video is None else per_video
         b = reference.shape[0]
         bank = self._reference_pass(reference.unsqueeze(1), [0], per_video, context, uncond_context, guidance)
-        rows = torch.tensor([not guidance or i >= b for i in range(b * (2 if guidance else 1))],
-                            device=reference.device)
-        return ReferenceFeatures(tokens={k: v[:, 0] for k, v in bank.items()}, rows=rows,
+        return ReferenceFeatures(tokens={k: v[:, 0] for k, v in bank.items()}, plain=b if guidance else 0,
                                  frame_major=self.config.reference_rows == "cfg_tiled")
 
     def with_motion(self, ref: ReferenceFeatures, motion: torch.Tensor | None, context: torch.Tensor,
                     uncond_context: torch.Tensor, guidance: bool, zero_motion: int = 0) -> ReferenceFeatures:
         """`ref` plus the motion frames' features (once per clip). motion: (b, n, 4, h, w) scaled latents,
         or None for `zero_motion` zero feature maps (or none at all)."""
-        out = ReferenceFeatures(tokens=ref.tokens, rows=ref.rows, frame_major=ref.frame_major)
+        out = ReferenceFeatures(tokens=ref.tokens, plain=ref.plain, frame_major=ref.frame_major)
         if motion is None:
             if zero_motion > 0:
                 out.motion = {k: v.new_zeros(v.shape[0], zero_motion, *v.shape[1:]) for k, v in ref.tokens.items()}
@@ -196,7 +194,7 @@ class EmoNet(nn.Module):
     @staticmethod
     def cfg_conditions(cond: ClipConditions) -> UNetConditions:
         """[uncond; cond] batch: the unconditional half gets zero audio and face features and the
-        unconditional identity tokens; ReferenceFeatures.rows drops its reference tokens."""
+        unconditional identity tokens; ReferenceFeatures.plain drops its reference tokens."""
         twice = lambda t: None if t is None else torch.cat([t, t])  # noqa: E731
         face = None if cond.face is None else torch.cat([torch.zeros_like(cond.face), cond.face])
         context = None if cond.context is None else torch.cat([cond.uncond_context, cond.context])

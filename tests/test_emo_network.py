@@ -60,7 +60,7 @@ def test_shapes_follow_emo_clip_settings(tiny_config, batch):
     assert cond.speed.shape == (batch, 12, 2, 16)
     assert cond.face.shape == (batch, 32, 12, 16, 16)
     ref = cond.reference
-    assert ref.rows.tolist() == [False] * batch + [True] * batch
+    assert ref.plain == batch  # [uncond; cond]: the first half attends without the reference
     assert len(ref.tokens) == 10 and all(v.shape[:2] == (2 * batch, 4) for v in ref.motion.values())
     out = predict(net, latents, cond)
     assert out.shape == (batch, 4, 12, 16, 16) and torch.isfinite(out).all()
@@ -102,7 +102,7 @@ def test_without_guidance_all_rows_use_the_reference(tiny_config):
     lat, cond = inputs(net)
     context, _ = net.identity_tokens(None, 1)
     ref = net.encode_reference(torch.zeros(1, 4, 16, 16), None, context, context, guidance=False)
-    assert ref.rows.tolist() == [True] and ref.motion == {}
+    assert ref.plain == 0 and ref.motion == {}
     cond.reference = ref
     guided, uncond, conditional = net.denoise(lat, 10, cond, 1.0)
     assert guided is conditional and guided.shape == lat.shape

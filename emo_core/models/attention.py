@@ -46,24 +46,22 @@ class ReferenceTransformerBlock(nn.Module):
         self.ff = FeedForward(dim, activation_fn="geglu")
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None, reference: torch.Tensor | None,
-                reference_rows: torch.Tensor | None) -> torch.Tensor:
-        """x: (rows, tokens, dim); context: (rows, T, D); reference: (rows, R, dim); reference_rows: (rows,) bool."""
+                plain: int = 0) -> torch.Tensor:
+        """x: (rows, tokens, dim); context: (rows, T, D); reference: (rows, R, dim); plain: leading rows that do
+        not attend to the reference (the CFG unconditional half)."""
         normed = self.norm1(x)
-        x = x + self._reference_attention(normed, reference, reference_rows)
+        x = x + self._reference_attention(normed, reference, plain)
         if self.attn2 is not None and context is not None:
             out = self.attn2(self.norm2(x), encoder_hidden_states=context)
             x = x + (out if self.cross_scale == 1.0 else self.cross_scale * out)
         return x + self.ff(self.norm3(x))
 
-    def _reference_attention(self, normed, reference, rows):
-        if reference is None or rows is None or not bool(rows.any()):
+    def _reference_attention(self, normed, reference, plain: int):
+        # The rows are [plain; with reference], so slices split them: no mask, no host sync.
+        if reference is None or plain >= normed.shape[0]:
             return self.attn1(normed)
-        if bool(rows.all()):
-            return self.attn1(normed, encoder_hidden_states=torch.cat([normed, reference], dim=1))
-        out = torch.empty_like(normed)
-        out[rows] = self.attn1(normed[rows], encoder_hidden_states=torch.cat([normed[rows], reference[rows]], 1))
-        out[~rows] = self.attn1(normed[~rows])
-        return out
+        with_ref = self.attn1(normed[plain:], encoder_hidden_states=torch.cat([normed[plain:], reference[plain:]], 1))
+        return with_ref if plain == 0 else torch.cat([self.attn1(normed[:plain]), with_ref])
 
 
 class SpatialTransformer(nn.Module):
@@ -79,12 +77,12 @@ class SpatialTransformer(nn.Module):
                                                                            cross_scale)])
         self.proj_out = nn.Conv2d(inner, channels, 1)
 
-    def forward(self, x: torch.Tensor, context, reference, reference_rows) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, context, reference, plain: int = 0) -> torch.Tensor:
         """x: (rows, C, h, w) with rows = batch * frames."""
         rows, _, h, w = x.shape
         tokens = self.proj_in(self.norm(x)).flatten(2).transpose(1, 2)
         for block in self.transformer_blocks:
-            tokens = block(tokens, context, reference, reference_rows)
+            tokens = block(tokens, context, reference, plain)
         return self.proj_out(tokens.transpose(1, 2).reshape(rows, -1, h, w)) + x
 
 

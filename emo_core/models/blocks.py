@@ -67,10 +67,10 @@ class _LayerStack(nn.Module):
         motion = None
         if self.attentions:
             attn = self.attentions[j]
-            ref = rows = None
+            ref, plain = None, 0
             if inputs.reference is not None:
-                ref, rows, motion = inputs.reference.for_block(attn.reference_key, frames, h, w)
-            y = attn(flat(x), inputs.audio if self.audio_in_cross_slot else inputs.context, ref, rows)
+                ref, plain, motion = inputs.reference.for_block(attn.reference_key, frames, h, w)
+            y = attn(flat(x), inputs.audio if self.audio_in_cross_slot else inputs.context, ref, plain)
             if self.audio_modules:
                 y = self.audio_modules[j](y, inputs.audio, inputs.masks, inputs.motion_scale)
             x = unflat(y, frames)

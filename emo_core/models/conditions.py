@@ -17,32 +17,31 @@ class ReferenceFeatures:
 
     tokens[key]: (batch, h*w, C) reference-image tokens (norm1 output of the paired ReferenceNet block).
     motion[key]: (batch, n_motion, h*w, C) the motion frames' tokens from the same block.
-    rows: (batch,) bool, which batch rows attend to the reference tokens (False = CFG unconditional).
+    plain: how many leading batch rows do not attend to the reference tokens (the CFG unconditional half:
+        the batch is always [unconditional; conditional]). A Python int, not a mask, so the split is a slice:
+        no host sync and nothing data-dependent for torch.compile.
     frame_major: Hallo quirk. Its reader tiles the per-video tokens with `repeat` on a 3-D tensor, so
         backbone row r (of batch*frames) takes the tokens of video r mod batch, not r // frames.
     """
     tokens: dict[str, torch.Tensor] = field(default_factory=dict)
     motion: dict[str, torch.Tensor] = field(default_factory=dict)
-    rows: torch.Tensor | None = None
+    plain: int = 0
     frame_major: bool = False
 
     def for_block(self, key: str, frames: int, height: int, width: int):
-        """-> (reference (batch*frames, L, C) | None, rows (batch*frames,) | None, motion (b, C, n, h, w) | None)."""
+        """-> (reference (batch*frames, L, C) | None, plain rows of the batch*frames, motion (b, C, n, h, w) | None)."""
         ref = self.tokens.get(key)
-        rows = None
         if ref is not None:
             ref = ref.repeat(frames, 1, 1) if self.frame_major else ref.repeat_interleave(frames, dim=0)
-            rows = self.rows.repeat_interleave(frames) if self.rows is not None else None
         motion = self.motion.get(key)
         if motion is not None:
             motion = rearrange(motion, "b n (h w) c -> b c n h w", h=height, w=width)
-        return ref, rows, motion
+        return ref, self.plain * frames, motion
 
     def to(self, device=None, dtype=None) -> ReferenceFeatures:
         move = lambda t: t.to(device=device, dtype=dtype)  # noqa: E731
         return ReferenceFeatures({k: move(v) for k, v in self.tokens.items()},
-                                 {k: move(v) for k, v in self.motion.items()},
-                                 None if self.rows is None else self.rows.to(device), self.frame_major)
+                                 {k: move(v) for k, v in self.motion.items()}, self.plain, self.frame_major)
 
 
 @dataclass
