@@ -64,6 +64,15 @@ def _step_kwargs(scheduler, eta: float, generator) -> dict:
     return kwargs
 
 
+def _loop_timesteps(scheduler, device) -> tuple[list, torch.Tensor]:
+    """(the scheduler's timesteps as Python numbers, the same as a tensor on `device`). Samplers that look their
+    step index up from the timestep (Euler, DPM-Solver, UniPC: a nonzero().item()) are told it starts at 0."""
+    if hasattr(scheduler, "set_begin_index"):
+        scheduler.set_begin_index(0)
+    values = scheduler.timesteps
+    return values.tolist(), values.to(device)
+
+
 def denoise_clip(net, noise: torch.Tensor, cond, scheduler, steps: int, guidance_scale: float, eta: float = 0.0,
                  on_step: Callable[[int, int], None] = lambda done, total: None,
                  check_cancel: Callable[[], None] = lambda: None, generator: torch.Generator | None = None,
@@ -78,14 +87,16 @@ def denoise_clip(net, noise: torch.Tensor, cond, scheduler, steps: int, guidance
     """
     if steps < 1:
         raise InvalidInputError(f"need at least 1 denoising step, got {steps}")
-    scheduler.set_timesteps(steps, device=noise.device)
+    scheduler.set_timesteps(steps, device="cpu")
     latents = noise * scheduler.init_noise_sigma
-    timesteps = scheduler.timesteps
+    # Read once, before the loop: the scheduler gets Python timesteps (its `prev_t >= 0` tests and table
+    # lookups then never read a device tensor back), the network the same values on its device.
+    timesteps, on_device = _loop_timesteps(scheduler, noise.device)
     step_kwargs = _step_kwargs(scheduler, eta, generator)
     for i, t in enumerate(timesteps):
         check_cancel()
         model_in = scheduler.scale_model_input(latents, t)
-        guided, _, _ = net.denoise(model_in, t, cond, guidance_scale)
+        guided, _, _ = net.denoise(model_in, on_device[i], cond, guidance_scale)
         out = scheduler.step(guided.to(latents.dtype), t, latents, **step_kwargs)
         latents = out.prev_sample
         if on_x0 is not None:
