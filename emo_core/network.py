@@ -8,6 +8,7 @@ import torch
 from einops import rearrange
 from torch import nn
 
+from . import fastpath
 from .config import EmoNetConfig
 from .errors import InvalidInputError
 from .models.conditions import ReferenceFeatures, UNetConditions
@@ -103,12 +104,14 @@ class EmoNet(nn.Module):
     def face_features(self, mask: torch.Tensor, frames: int) -> torch.Tensor:
         """Face-region mask (b, c, H, W) or (b, c, F, H, W) at pixel size -> (b, C0, F, h, w)."""
         want = self.config.face_locator.conditioning_channels
+        static = mask.dim() == 4 and fastpath.is_on()  # the locator runs per frame: one frame serves them all
         if mask.dim() == 4:
-            mask = mask.unsqueeze(2).expand(-1, -1, frames, -1, -1)
+            mask = mask.unsqueeze(2).expand(-1, -1, 1 if static else frames, -1, -1)
         if mask.dim() != 5 or mask.shape[1] != want:
             raise InvalidInputError(f"face mask must have {want} channel(s) for the {self.config.family} family, "
                                     f"got shape {tuple(mask.shape)}")
-        return self.face_locator(mask.to(self._param().dtype))
+        features = self.face_locator(mask.to(self._param().dtype))
+        return features.expand(-1, -1, frames, -1, -1) if static else features
 
     # -- ReferenceNet ---------------------------------------------------------------------------
     def encode_reference(self, reference: torch.Tensor, motion: torch.Tensor | None, context: torch.Tensor,
@@ -181,15 +184,36 @@ class EmoNet(nn.Module):
         guidance (scale <= 1) all three are the conditional prediction.
         """
         guidance = guidance_scale > 1.0
-        unet_cond = self.cfg_conditions(cond) if guidance else UNetConditions(
-            audio=cond.audio, context=cond.context, face=cond.face, masks=cond.masks,
-            motion_scale=cond.motion_scale, speed=cond.speed, reference=cond.reference)
+        unet_cond = self._unet_conditions(cond, guidance)
         model_in = torch.cat([latents, latents]) if guidance else latents
         out = self.denoising_unet(model_in.to(self._param().dtype), timestep, unet_cond)
         if not guidance:
             return out, out, out
         uncond, conditional = out.chunk(2)
         return uncond + guidance_scale * (conditional - uncond), uncond, conditional
+
+    def _unet_conditions(self, cond: ClipConditions, guidance: bool) -> UNetConditions:
+        """The UNet's conditions for this clip. Fast path: built once per clip (kept on `cond` while its fields
+        are the same objects) with the audio keys/values of the conditional videos; plain: every step."""
+        if not fastpath.is_on():
+            return self.cfg_conditions(cond) if guidance else self.plain_conditions(cond)
+        # The field objects themselves (not ids, which a freed tensor's successor may reuse) tell a changed cond.
+        fields = tuple(getattr(cond, f) for f in ClipConditions.__dataclass_fields__)
+        cache = cond.__dict__.setdefault("_emo_unet_conditions", {})
+        held = cache.get(guidance, ((),))[0]
+        if len(held) != len(fields) or any(a is not b for a, b in zip(held, fields)):
+            unet_cond = self.cfg_conditions(cond) if guidance else self.plain_conditions(cond)
+            plain = cond.audio.shape[0] if guidance else 0  # cfg_conditions: the first half's audio is zeros
+            unet_cond.audio_kv = self.denoising_unet.audio_kv(
+                unet_cond.audio[plain:].flatten(0, 1).to(self._param().dtype))
+            unet_cond.audio_plain = plain
+            cache[guidance] = (fields, unet_cond)
+        return cache[guidance][1]
+
+    @staticmethod
+    def plain_conditions(cond: ClipConditions) -> UNetConditions:
+        return UNetConditions(audio=cond.audio, context=cond.context, face=cond.face, masks=cond.masks,
+                              motion_scale=cond.motion_scale, speed=cond.speed, reference=cond.reference)
 
     @staticmethod
     def cfg_conditions(cond: ClipConditions) -> UNetConditions:

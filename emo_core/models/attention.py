@@ -20,6 +20,21 @@ def conv1x1_tokens(conv: nn.Conv2d, tokens: torch.Tensor) -> torch.Tensor:
     return F.linear(tokens, conv.weight.flatten(1), conv.bias)
 
 
+def attend(attn: Attention, hidden: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """diffusers' AttnProcessor2_0 on already projected keys/values (rows, T, inner): the same SDPA call."""
+    rows, heads = hidden.shape[0], attn.heads
+    q = attn.to_q(hidden)
+    dim = q.shape[-1] // heads
+    q, k, v = (t.reshape(rows, -1, heads, dim).transpose(1, 2) for t in (q, key, value))
+    out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(rows, -1, heads * dim)
+    return attn.to_out[1](attn.to_out[0](out.to(q.dtype)))
+
+
+def _out_bias(attn: Attention, like: torch.Tensor) -> torch.Tensor:
+    bias = attn.to_out[0].bias
+    return like.new_zeros(like.shape[-1]) if bias is None else bias.to(like.dtype)
+
+
 def _attention(dim: int, heads: int, cross_dim: int | None = None) -> Attention:
     # SD/Hallo attention: no q/k/v bias, biased output projection, scale head_dim ** -0.5.
     return Attention(query_dim=dim, cross_attention_dim=cross_dim, heads=heads, dim_head=dim // heads, bias=False)
@@ -111,11 +126,21 @@ class AudioBlock(nn.Module):
         self.norm3 = nn.LayerNorm(dim)
         self.ff = FeedForward(dim, activation_fn="geglu")
 
-    def forward(self, x, audio, masks, motion_scale):
-        """x: (rows, L, dim); audio: (rows, T, A); masks: (full, face, lip) each (rows, L) or None."""
+    def cross_attentions(self) -> tuple[Attention, ...]:
+        return (self.attn2,) if self.form == "single" else (self.attn2_0, self.attn2_1, self.attn2_2)
+
+    def project_audio(self, audio: torch.Tensor) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
+        """(key, value) of each audio cross-attention for audio rows (rows, T, A): constant over a clip's steps."""
+        return tuple((attn.to_k(audio), attn.to_v(audio)) for attn in self.cross_attentions())
+
+    def forward(self, x, audio, masks, motion_scale, kv=None, plain: int = 0):
+        """x: (rows, L, dim); audio: (rows, T, A); masks: (full, face, lip) each (rows, L) or None.
+        kv: `project_audio` of the rows after the first `plain` ones, whose audio is all zeros (fastpath)."""
         x = x + self.attn1(self.norm1(x))
         normed = self.norm2(x)
-        if self.form == "single":
+        if kv is not None:
+            x = x + self._cached_cross(normed, kv, plain, masks, motion_scale)
+        elif self.form == "single":
             x = x + self.attn2(normed, encoder_hidden_states=audio)
         else:
             x = x + self._hierarchical(normed, audio, masks, motion_scale)
@@ -130,6 +155,30 @@ class AudioBlock(nn.Module):
         total = 0
         for i, ((attn, conv), mask) in enumerate(zip(branches, masks)):
             out = conv1x1_tokens(conv, attn(normed, encoder_hidden_states=audio) * mask[:, :, None])
+            total = total + (out if motion_scale is None else motion_scale[i] * out)
+        return total
+
+    def _cached_cross(self, normed, kv, plain: int, masks, motion_scale):
+        """The audio cross-attention from cached keys/values. Rows with all-zero audio have zero keys and values
+        (no bias), so their attention output is exactly the output projection's bias: not computed."""
+        outs = [(attend(attn, normed[plain:], k, v), _out_bias(attn, normed))
+                for attn, (k, v) in zip(self.cross_attentions(), kv)]
+        rows, tokens, dim = normed.shape
+        if self.form == "single":
+            out, bias = outs[0]
+            return torch.cat([bias.expand(plain, tokens, dim), out]) if plain else out
+        if masks is None:
+            raise InvalidInputError("this checkpoint's audio attention is hierarchical (Hallo) and needs "
+                                    "full/face/lip masks; none were given")
+        total = 0
+        convs = (self.zero_conv_full, self.zero_conv_face, self.zero_conv_lip)
+        for i, ((out, bias), conv, mask) in enumerate(zip(outs, convs, masks)):
+            weight = conv.weight.flatten(1)
+            out = F.linear(out * mask[plain:, :, None], weight, conv.bias)
+            if plain:  # conv(bias * m) = m * (W bias) + b per token: a rank-1 update instead of a matmul
+                const = F.linear(bias, weight)
+                uncond = mask[:plain, :, None] * const + (0 if conv.bias is None else conv.bias)
+                out = torch.cat([uncond.to(out.dtype), out])
             total = total + (out if motion_scale is None else motion_scale[i] * out)
         return total
 
@@ -148,16 +197,19 @@ class AudioModule(nn.Module):
         head_dim = in_channels // heads
         inner = heads * head_dim
         self.depth = depth
+        self.cache_key = ""  # its module path, set by DenoisingUNet
         self.norm = nn.GroupNorm(groups, channels, eps=1e-6)
         self.proj_in = nn.Conv2d(channels, inner, 1)
         self.transformer_blocks = nn.ModuleList([AudioBlock(inner, heads, head_dim, audio_dim, form)])
         self.proj_out = nn.Conv2d(inner, channels, 1)
 
-    def forward(self, x, audio, masks, motion_scale):
-        """x: (rows, C, h, w); audio: (rows, T, A); masks: per-level lists of (rows, h*w) or None."""
+    def forward(self, x, audio, masks, motion_scale, kv: dict | None = None, plain: int = 0):
+        """x: (rows, C, h, w); audio: (rows, T, A); masks: per-level lists of (rows, h*w) or None;
+        kv: per-clip audio keys/values by `cache_key` (fastpath), or None."""
         rows, _, h, w = x.shape
         level = None if masks is None else tuple(m[self.depth] for m in masks)
         tokens = self.proj_in(self.norm(x)).flatten(2).transpose(1, 2)
+        block_kv = None if kv is None else kv[self.cache_key]
         for block in self.transformer_blocks:
-            tokens = block(tokens, audio, level, motion_scale)
+            tokens = block(tokens, audio, level, motion_scale, block_kv, plain)
         return self.proj_out(tokens.transpose(1, 2).reshape(rows, -1, h, w)) + x

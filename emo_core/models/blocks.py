@@ -72,7 +72,8 @@ class _LayerStack(nn.Module):
                 ref, plain, motion = inputs.reference.for_block(attn.reference_key, frames, h, w)
             y = attn(flat(x), inputs.audio if self.audio_in_cross_slot else inputs.context, ref, plain)
             if self.audio_modules:
-                y = self.audio_modules[j](y, inputs.audio, inputs.masks, inputs.motion_scale)
+                y = self.audio_modules[j](y, inputs.audio, inputs.masks, inputs.motion_scale, inputs.audio_kv,
+                                          inputs.audio_plain)
             x = unflat(y, frames)
         elif not self.apply_plain_motion:
             return x

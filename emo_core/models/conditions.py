@@ -55,6 +55,8 @@ class UNetConditions:
     motion_scale: (3,) weights of the full/face/lip audio branches, or None.
     speed: (B, F, T, S) speed tokens for EMO's speed layers, or None.
     reference: ReferenceNet features, or None.
+    audio_kv: the audio modules' keys/values of the videos after the first `audio_plain` (whose audio is all
+        zeros), by module path (fastpath; EmoNet.denoise fills them once per clip), or None.
     """
     audio: torch.Tensor
     context: torch.Tensor | None = None
@@ -63,6 +65,8 @@ class UNetConditions:
     motion_scale: torch.Tensor | None = None
     speed: torch.Tensor | None = None
     reference: ReferenceFeatures | None = None
+    audio_kv: dict | None = None
+    audio_plain: int = 0
 
 
 @dataclass
@@ -75,9 +79,12 @@ class LayerInputs:
     motion_scale: torch.Tensor | None
     speed: torch.Tensor | None
     reference: ReferenceFeatures | None
+    audio_kv: dict | None = None
+    audio_plain: int = 0  # rows (videos x frames)
 
     @classmethod
     def build(cls, cond: UNetConditions, frames: int) -> LayerInputs:
         context = None if cond.context is None else cond.context.repeat_interleave(frames, dim=0)
         audio = None if cond.audio is None else cond.audio.flatten(0, 1)
-        return cls(frames, context, audio, cond.masks, cond.motion_scale, cond.speed, cond.reference)
+        return cls(frames, context, audio, cond.masks, cond.motion_scale, cond.speed, cond.reference,
+                   cond.audio_kv, cond.audio_plain * frames)

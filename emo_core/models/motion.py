@@ -13,6 +13,7 @@ from diffusers.models.embeddings import SinusoidalPositionalEmbedding
 from einops import rearrange
 from torch import nn
 
+from .. import fastpath
 from ..config import MotionConfig
 
 
@@ -65,13 +66,16 @@ class TemporalBlock(nn.Module):
         self.ff = FeedForward(dim, activation_fn="geglu")
         self.ff_norm = nn.LayerNorm(dim)
 
-    def forward(self, x, speed, n_motion: int, tokens: int):
-        """x: (batch * tokens, motion + current frames, dim)."""
+    def forward(self, x, speed, n_motion: int, tokens: int, drop_motion: bool = False):
+        """x: (batch * tokens, motion + current frames, dim). drop_motion: return the current frames only (the
+        feed-forward is per token, so the motion frames' is not computed when they are dropped next)."""
         for attention, norm in zip(self.attention_blocks, self.norms):
             x = x + attention(norm(x))
         if self.speed is not None and speed is not None:
             current = self.speed(x[:, n_motion:], speed, tokens)
             x = torch.cat([x[:, :n_motion], current], dim=1)
+        if drop_motion:
+            x = x[:, n_motion:]
         return x + self.ff(self.ff_norm(x))
 
 
@@ -84,16 +88,19 @@ class TemporalTransformer(nn.Module):
         self.transformer_blocks = nn.ModuleList([TemporalBlock(inner, cfg, speed_dim) for _ in range(cfg.num_blocks)])
         self.proj_out = nn.Linear(inner, channels)
 
-    def forward(self, x: torch.Tensor, speed: torch.Tensor | None, n_motion: int) -> torch.Tensor:
-        """x: (batch, C, frames, h, w) -> same shape. GroupNorm is per frame (inflated)."""
+    def forward(self, x: torch.Tensor, speed: torch.Tensor | None, n_motion: int,
+                drop_motion: bool = False) -> torch.Tensor:
+        """x: (batch, C, frames, h, w) -> same shape, or without the first n_motion frames when drop_motion
+        (the last block then skips their feed-forward, and proj_out their tokens). GroupNorm is per frame."""
         b, c, f, h, w = x.shape
         flat = rearrange(x, "b c f h w -> (b f) c h w")
         tokens = rearrange(self.norm(flat), "(b f) c h w -> (b h w) f c", f=f)
         tokens = self.proj_in(tokens)
-        for block in self.transformer_blocks:
-            tokens = block(tokens, speed, n_motion, h * w)
+        last = len(self.transformer_blocks) - 1
+        for i, block in enumerate(self.transformer_blocks):
+            tokens = block(tokens, speed, n_motion, h * w, drop_motion and i == last)
         out = rearrange(self.proj_out(tokens), "(b h w) f c -> b c f h w", b=b, h=h, w=w)
-        return out + x
+        return out + (x[:, :, n_motion:] if drop_motion else x)
 
 
 class MotionModule(nn.Module):
@@ -109,5 +116,7 @@ class MotionModule(nn.Module):
         if motion is None or motion.shape[2] == 0:
             return self.temporal_transformer(x, speed, 0)
         n = motion.shape[2]
-        out = self.temporal_transformer(torch.cat([motion.to(x.dtype), x], dim=2), speed, n)
-        return out[:, :, n:]
+        joined = torch.cat([motion.to(x.dtype), x], dim=2)
+        if fastpath.is_on():
+            return self.temporal_transformer(joined, speed, n, drop_motion=True)
+        return self.temporal_transformer(joined, speed, n)[:, :, n:]

@@ -6,7 +6,7 @@ from diffusers.models.embeddings import TimestepEmbedding, Timesteps
 from torch import nn
 
 from ..config import EmoNetConfig
-from .attention import SpatialTransformer
+from .attention import AudioModule, SpatialTransformer
 from .blocks import BlockSpec, DownBlock, MidBlock, UpBlock, flat, unflat
 from .conditions import LayerInputs, UNetConditions
 
@@ -55,6 +55,13 @@ class DenoisingUNet(nn.Module):
             if isinstance(module, SpatialTransformer):
                 module.reference_key = f"{name}.transformer_blocks.0"
                 module.transformer_blocks[0].reference_key = module.reference_key
+            if isinstance(module, AudioModule):
+                module.cache_key = name
+
+    def audio_kv(self, audio: torch.Tensor) -> dict:
+        """Every audio module's cross-attention keys/values for audio rows (rows, T, A), by module path."""
+        return {m.cache_key: m.transformer_blocks[0].project_audio(audio)
+                for m in self.modules() if isinstance(m, AudioModule)}
 
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor | int, cond: UNetConditions) -> torch.Tensor:
         batch, _, frames = sample.shape[:3]

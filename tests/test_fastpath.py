@@ -1,0 +1,88 @@
+"""The fast path's per-clip caches (emo_core.fastpath) give the plain path's video, and do their work once:
+audio keys/values once per clip per audio module, the face locator on one frame of a static mask, nothing
+for the unconditional rows' all-zero audio. The parity tests (tests/test_parity_hallo.py,
+tests/test_echomimic_network.py) run with it on, at the fixtures' tolerances."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from emo_core import fastpath
+from emo_core.models.attention import AudioBlock
+from emo_core.sampler import SamplerSettings, generate
+
+from test_compile import FAMILIES, echomimic_net, emo_net, family_run  # noqa: F401  (fixtures)
+
+
+@pytest.mark.parametrize("guidance", [2.0, 1.0])
+@pytest.mark.parametrize("family_run", FAMILIES, indirect=True)
+def test_every_step_of_a_run_gives_the_plain_paths_prediction(family_run, guidance, monkeypatch):
+    """Each network call of a whole fast run (cached conditions reused from the second step on, new ones per
+    clip or window) against the plain path on the very same inputs. Compared per call, not at the end of the
+    run: these random tiny networks amplify a last-bit difference (the face locator's convolution on 1 frame
+    instead of F rounds differently) step after step."""
+    net, video = family_run
+    real = net.denoise
+    pairs = []
+
+    def both(latents, t, cond, scale):
+        out = real(latents, t, cond, scale)
+        with fastpath.enabled(False):
+            pairs.append((out[0], real(latents, t, cond, scale)[0]))
+        return out
+
+    monkeypatch.setattr(net, "denoise", both)
+    steps = 3
+    with fastpath.enabled(True):
+        generate(net, video, SamplerSettings(steps=steps, guidance_scale=guidance, seed=7))
+    assert len(pairs) >= 2 * steps
+    for fast, plain in pairs:
+        assert_close(fast, plain, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("family_run", ["emo", "hallo"], indirect=True)
+def test_audio_keys_and_values_are_projected_once_per_clip(family_run, monkeypatch):
+    net, video = family_run
+    blocks = [m for m in net.denoising_unet.modules() if isinstance(m, AudioBlock)]
+    calls = []
+    real = AudioBlock.project_audio
+    monkeypatch.setattr(AudioBlock, "project_audio", lambda self, audio: (calls.append(audio.shape), real(self, audio))[1])
+    steps = 3
+    generate(net, video, SamplerSettings(steps=steps, guidance_scale=2.0))
+    clip = net.config.clip_length
+    clips = -(-video.num_frames // clip)
+    assert len(calls) == clips * len(blocks)
+    assert all(shape[0] == clip for shape in calls)  # the conditional rows only: CFG's zero audio is skipped
+
+
+def test_the_face_locator_runs_one_frame_of_a_static_mask(emo_net):
+    net = emo_net
+    mask = (torch.rand(1, net.config.face_locator.conditioning_channels, 64, 64) > 0.5).float()
+    seen = []
+    handle = net.face_locator.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[2]))
+    try:
+        with torch.no_grad(), fastpath.enabled(True):
+            fast = net.face_features(mask, 6)
+        with torch.no_grad(), fastpath.enabled(False):
+            plain = net.face_features(mask, 6)
+    finally:
+        handle.remove()
+    assert seen == [1, 6] and fast.shape == plain.shape
+    assert_close(fast, plain, atol=1e-6, rtol=1e-6)
+
+
+def test_changed_conditions_are_not_served_from_the_cache(emo_net):
+    """The per-clip conditions are rebuilt when a field of the ClipConditions is replaced."""
+    import test_emo_network
+
+    net = emo_net
+    latents, cond = test_emo_network.inputs(net, h=8, w=8)
+    latents = latents[:, :, :net.config.clip_length]
+    first = test_emo_network.predict(net, latents, cond)
+    cond.audio = torch.zeros_like(cond.audio)
+    changed = test_emo_network.predict(net, latents, cond)
+    with fastpath.enabled(False):
+        plain = test_emo_network.predict(net, latents, cond)
+    assert not torch.equal(first, changed)
+    assert_close(changed, plain, atol=1e-5, rtol=1e-5)
