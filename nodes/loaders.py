@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from ..emo_core.checkpoint import FAMILY_CHOICES
+from ..emo_core.compile import COMPILE_MODES
 from . import comfy_services as services
 from .comfy_services import mediapipe_dirs
 from .handles import AudioEncoder, EmoModel, FaceEmbedderHandle
@@ -19,6 +20,10 @@ FAMILY_TOOLTIP = ("Checkpoint family. auto: from the file's metadata, else its n
                   "Hallo and Hallo2 share one file "
                   "layout: choose which inference rules apply (Hallo2 drops 25% of the motion-frame pixels "
                   "outside the face box).")
+
+COMPILE_TOOLTIP = ("torch.compile the denoising UNet (one graph, no host syncs). off: eager. The first sampling "
+                   "step of each new size compiles (minutes on CPU for the full-size network; see the README), "
+                   "later steps and clips reuse it. Needs a C++ compiler on CPU (Triton on NVIDIA GPUs).")
 
 
 def _choices(names: list[str], folder: str) -> list[str]:
@@ -47,15 +52,18 @@ class EmoModelLoader:
                                                                       "choice for this device."}),
         }, "optional": {
             "family": (list(FAMILY_CHOICES), {"default": "auto", "tooltip": FAMILY_TOOLTIP}),
+            "compile": (list(COMPILE_MODES), {"default": "off", "tooltip": COMPILE_TOOLTIP}),
         }}
 
-    def load(self, model_name, precision, family="auto"):
+    def load(self, model_name, precision, family="auto", compile="off"):
         from ..emo_core.checkpoint import load_network
+        from ..emo_core.compile import compile_unet
 
         path = services.model_path(services.EMO_FOLDER, model_name, services.MODEL_EXTENSIONS)
         device = services.torch_device()
         dtype = services.choose_dtype(precision, device)
         net = load_network(path, dtype=dtype, device=services.offload_device(), family=family)
+        compile_unet(net, compile)
         cfg = net.config
         log.info("EMO model %s: family %s (asked: %s), %s on %s", model_name, cfg.family, family, dtype, device)
         info = {"model": model_name, "family": cfg.family, "clip_length": cfg.clip_length,

@@ -106,3 +106,13 @@ def test_zero_steps_negative_cfg_and_zero_fps_follow_the_loaded_family(env, name
         run("EMO_Sampler", emo_model=model, reference=reference, audio_features=feats, face_region=region,
             seed=3, steps=steps, cfg=guidance, sampler_name="ddim")
         assert (calls[-1].steps, calls[-1].guidance_scale) == want
+
+
+def test_the_loaders_compile_option_compiles_the_unet(env):
+    from emo_core.compile import is_compiled
+
+    (plain,) = run("EMO_ModelLoader", model_name="hallo_tiny.safetensors", precision="fp32")
+    (compiled,) = run("EMO_ModelLoader", model_name="hallo_tiny.safetensors", precision="fp32", compile="default")
+    assert not is_compiled(plain.net) and is_compiled(compiled.net)
+    spec = N["EMO_ModelLoader"].INPUT_TYPES()["optional"]["compile"]
+    assert spec[1]["default"] == "off" and "off" in spec[0]
