@@ -405,25 +405,18 @@ def test_speed_from_a_driving_video_with_a_native_emo_checkpoint(comfy, media, t
     assert streams["video"]["frames"] == 15 and streams["audio"]["codec"] == "aac"
 
 
-def test_echomimic_workflow_renders_in_context_windows_with_the_familys_fps(comfy, media):
-    prompt = tiny_prompt("emo_echomimic", comfy, image=media["portrait"], audio=media["speech"])
+@pytest.mark.parametrize("name, family", [("emo_echomimic", "echomimic"), ("emo_hallo2", "hallo2")])
+def test_each_family_workflow_renders_with_its_familys_defaults(comfy, media, name, family):
+    """EchoMimic: context windows at its own fps (fps 0 on EMO Audio Features); Hallo2: the pixel drop, the
+    video streamed by EMO Save Video (Streaming). Every frame of the audio, with its sound track."""
+    prompt = tiny_prompt(name, comfy, image=media["portrait"], audio=media["speech"])
     entry = comfy.run(prompt)
     model = entry["outputs"][node_id(prompt, "EMO_ModelLoader")]["emo_model"][0]
     audio = entry["outputs"][node_id(prompt, "EMO_AudioFeatures")]["emo_audio"][0]
     streams = {s["type"]: s for s in probe(saved_video(comfy, entry))["streams"]}
-    print(f"\nemo_echomimic: {entry['seconds']:.1f} s, {model}, {audio}, {streams}")
-    assert model["family"] == "echomimic" and audio["fps"] == model["fps"]
-    assert streams["video"]["frames"] == audio["frames"] and streams["audio"]["codec"] == "aac"
-
-
-def test_hallo2_workflow_streams_the_video_to_disk(comfy, media):
-    prompt = tiny_prompt("emo_hallo2", comfy, image=media["portrait"], audio=media["speech"])
-    entry = comfy.run(prompt)
-    model = entry["outputs"][node_id(prompt, "EMO_ModelLoader")]["emo_model"][0]
-    audio = entry["outputs"][node_id(prompt, "EMO_AudioFeatures")]["emo_audio"][0]
-    streams = {s["type"]: s for s in probe(saved_video(comfy, entry))["streams"]}
-    print(f"\nemo_hallo2: {entry['seconds']:.1f} s, {model}, {streams}")
-    assert model["family"] == "hallo2" and model["motion_pixel_drop"] > 0
+    print(f"\n{name}: {entry['seconds']:.1f} s, {model}, {audio}, {streams}")
+    assert model["family"] == family and audio["fps"] == model["fps"]
+    assert (model["motion_pixel_drop"] > 0) == (family == "hallo2")
     assert streams["video"]["frames"] == audio["frames"] and streams["audio"]["codec"] == "aac"
 
 
