@@ -141,7 +141,7 @@ class EmoNet(nn.Module):
                     uncond_context: torch.Tensor, guidance: bool, zero_motion: int = 0) -> ReferenceFeatures:
         """`ref` plus the motion frames' features (once per clip). motion: (b, n, 4, h, w) scaled latents,
         or None for `zero_motion` zero feature maps (or none at all)."""
-        out = ReferenceFeatures(tokens=ref.tokens, plain=ref.plain, frame_major=ref.frame_major)
+        out = ReferenceFeatures(tokens=ref.tokens, plain=ref.plain, frame_major=ref.frame_major, kv=ref.kv)
         if motion is None:
             if zero_motion > 0:
                 out.motion = {k: v.new_zeros(v.shape[0], zero_motion, *v.shape[1:]) for k, v in ref.tokens.items()}
@@ -207,6 +207,8 @@ class EmoNet(nn.Module):
             unet_cond.audio_kv = self.denoising_unet.audio_kv(
                 unet_cond.audio[plain:].flatten(0, 1).to(self._param().dtype))
             unet_cond.audio_plain = plain
+            if cond.reference is not None:  # shared by every clip of the video (with_motion keeps the dict)
+                self.denoising_unet.fill_reference_kv(cond.reference)
             cache[guidance] = (fields, unet_cond)
         return cache[guidance][1]
 

@@ -72,10 +72,17 @@ class ReferenceTransformerBlock(nn.Module):
         return x + self.ff(self.norm3(x))
 
     def _reference_attention(self, normed, reference, plain: int):
+        """reference: tokens (rows, R, dim), or their projected (key, value) pair (fastpath), or None."""
         # The rows are [plain; with reference], so slices split them: no mask, no host sync.
         if reference is None or plain >= normed.shape[0]:
             return self.attn1(normed)
-        with_ref = self.attn1(normed[plain:], encoder_hidden_states=torch.cat([normed[plain:], reference[plain:]], 1))
+        rows = normed[plain:]
+        if isinstance(reference, tuple):  # keys/values of the frame tokens, then of the reference tokens
+            attn, (key, value) = self.attn1, reference
+            with_ref = attend(attn, rows, torch.cat([attn.to_k(rows), key[plain:]], 1),
+                              torch.cat([attn.to_v(rows), value[plain:]], 1))
+        else:
+            with_ref = self.attn1(rows, encoder_hidden_states=torch.cat([rows, reference[plain:]], 1))
         return with_ref if plain == 0 else torch.cat([self.attn1(normed[:plain]), with_ref])
 
 

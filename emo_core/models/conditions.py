@@ -27,12 +27,19 @@ class ReferenceFeatures:
     motion: dict[str, torch.Tensor] = field(default_factory=dict)
     plain: int = 0
     frame_major: bool = False
+    kv: dict[str, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)  # fastpath, per video
+
+    def _tile(self, x: torch.Tensor, frames: int) -> torch.Tensor:
+        return x.repeat(frames, 1, 1) if self.frame_major else x.repeat_interleave(frames, dim=0)
 
     def for_block(self, key: str, frames: int, height: int, width: int):
-        """-> (reference (batch*frames, L, C) | None, plain rows of the batch*frames, motion (b, C, n, h, w) | None)."""
+        """-> (reference, plain rows of the batch*frames, motion (b, C, n, h, w) | None). reference: the tokens
+        (batch*frames, L, C), or with the fast path's `kv` of this block their attn1 (key, value) pair, each
+        (batch*frames, L, inner); None without ReferenceNet features for this block."""
         ref = self.tokens.get(key)
         if ref is not None:
-            ref = ref.repeat(frames, 1, 1) if self.frame_major else ref.repeat_interleave(frames, dim=0)
+            pair = self.kv.get(key)
+            ref = self._tile(ref, frames) if pair is None else tuple(self._tile(t, frames) for t in pair)
         motion = self.motion.get(key)
         if motion is not None:
             motion = rearrange(motion, "b n (h w) c -> b c n h w", h=height, w=width)
@@ -41,7 +48,8 @@ class ReferenceFeatures:
     def to(self, device=None, dtype=None) -> ReferenceFeatures:
         move = lambda t: t.to(device=device, dtype=dtype)  # noqa: E731
         return ReferenceFeatures({k: move(v) for k, v in self.tokens.items()},
-                                 {k: move(v) for k, v in self.motion.items()}, self.plain, self.frame_major)
+                                 {k: move(v) for k, v in self.motion.items()}, self.plain, self.frame_major,
+                                 {k: (move(a), move(b)) for k, (a, b) in self.kv.items()})
 
 
 @dataclass

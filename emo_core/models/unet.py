@@ -58,6 +58,15 @@ class DenoisingUNet(nn.Module):
             if isinstance(module, AudioModule):
                 module.cache_key = name
 
+    def fill_reference_kv(self, reference) -> None:
+        """ReferenceFeatures.kv: each reference-attention's (key, value) of the reference tokens, for the blocks
+        not yet filled (the tokens are the video's: computed once, reused by every step of every clip)."""
+        for m in self.modules():
+            if isinstance(m, SpatialTransformer) and m.reference_key in reference.tokens \
+                    and m.reference_key not in reference.kv:
+                attn, tokens = m.transformer_blocks[0].attn1, reference.tokens[m.reference_key]
+                reference.kv[m.reference_key] = (attn.to_k(tokens), attn.to_v(tokens))
+
     def audio_kv(self, audio: torch.Tensor) -> dict:
         """Every audio module's cross-attention keys/values for audio rows (rows, T, A), by module path."""
         return {m.cache_key: m.transformer_blocks[0].project_audio(audio)
