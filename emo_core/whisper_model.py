@@ -69,7 +69,7 @@ def _whisper_prefix(keys) -> str | None:
 
 
 def load_whisper(path: str, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"):
-    """transformers WhisperEncoder in eval mode, from OpenAI's .pt format or a Hugging Face folder."""
+    """transformers WhisperEncoder in eval mode, from OpenAI's .pt format, a Hugging Face folder or one .safetensors."""
     if os.path.isdir(path):
         encoder = _from_folder(path)
     elif os.path.isfile(path) and path.lower().endswith(".safetensors"):
