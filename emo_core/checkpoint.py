@@ -56,7 +56,8 @@ def _read_file(path: str) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     if not os.path.isfile(path):
         folder = os.path.dirname(os.path.abspath(path))
         raise MissingWeightsError(f"checkpoint file '{os.path.basename(path)}' not found in '{folder}'; "
-                                  "put the model file there (see README: model files)")
+                                  "put the model file there (see README: model files) or download it with "
+                                  "`emo-models fetch --family FAMILY` (hallo, hallo2 or echomimic)")
     if path.lower().endswith(".safetensors"):
         from safetensors import SafetensorError, safe_open
         try:

@@ -25,13 +25,31 @@ def convert(src: str, dst: str | None = None) -> str:
     dst = dst or os.path.splitext(src)[0] + ".safetensors"
     if os.path.exists(dst):
         raise InvalidInputError(f"'{dst}' exists already; remove it or name another output file")
-    # safetensors stores neither shared nor strided storage: one contiguous copy per tensor.
-    state = {k: v.detach().contiguous().clone() for k, v in load_pickle_tensors(src).items()}
+    # Mapped from the file, not read into RAM: a 5 GB net.pth converts without 5 (or, copied, 10) GB of RAM.
+    state = _own_storage(load_pickle_tensors(src, mmap=True))
     tmp = dst + ".partial"
-    save_file(state, tmp)
-    os.replace(tmp, dst)
+    try:
+        save_file(state, tmp)
+        os.replace(tmp, dst)
+    finally:
+        if os.path.exists(tmp):  # an error or Ctrl-C while writing: no half file left behind
+            os.remove(tmp)
     log.info("wrote %d tensors from %s to %s", len(state), src, dst)
     return dst
+
+
+def _own_storage(state: dict) -> dict:
+    """safetensors stores neither shared nor strided storage: copy a tensor only when it is not contiguous or
+    shares its storage with one seen before (tied weights); the rest are written as they are."""
+    seen, out = set(), {}
+    for key, tensor in state.items():
+        tensor = tensor.detach()
+        ptr = tensor.untyped_storage().data_ptr()
+        if not tensor.is_contiguous() or (ptr in seen and tensor.numel()):
+            tensor = tensor.contiguous().clone()
+        seen.add(ptr)
+        out[key] = tensor
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

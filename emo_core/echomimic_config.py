@@ -78,7 +78,8 @@ def part_files(folder: str, acc: bool = False) -> dict[str, str]:
                 found[name] = path
     if missing:
         raise MissingWeightsError(f"the EchoMimic folder '{os.path.basename(folder)}' lacks {', '.join(missing)}; "
-                                  "put all four EchoMimic weight files in it (see README: model files)")
+                                  "put all four EchoMimic weight files in it (see README: model files) or "
+                                  "download them with `emo-models fetch --family echomimic`")
     return found
 
 

@@ -27,3 +27,12 @@ class MissingDependencyError(EmoError, ImportError):
 
 class InsufficientMemoryError(EmoError, MemoryError):
     """A run would need more host memory than the machine has available (estimated before it starts)."""
+
+
+class CorruptFileError(EmoError):
+    """A model file's size or SHA-256 differs from what its source or the fetch record says (truncated or
+    tampered); it is not used."""
+
+
+class DownloadError(EmoError, OSError):
+    """A model file could not be downloaded (network, hub or package index)."""

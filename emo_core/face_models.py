@@ -56,7 +56,8 @@ def find_model_file(names: Sequence[str], search_dirs: Sequence[str | os.PathLik
     searched = ", ".join(str(Path(d)) for d in search_dirs) or "(no folder given)"
     raise MissingWeightsError(
         f"{what} model not found: looked for {' or '.join(names)} in {searched}; put the file in one of "
-        f"these folders or point ${ENV_VAR} at its folder (.ci/mediapipe_models.sh DEST extracts it from the "
+        f"these folders or point ${ENV_VAR} at its folder (`emo-models fetch --family hallo` places it in "
+        f"<models>/mediapipe, with the rest of a family; .ci/mediapipe_models.sh DEST extracts it from the "
         f"mediapipe 0.10.21 wheel; Google publishes it as {names[0]})")
 
 

@@ -108,7 +108,9 @@ def find_face_embedder(dirs: Iterable[str | os.PathLike] = (),
                 return entry / name
     where = ", ".join(str(d) for d in searched) or "(no folder given)"
     raise MissingWeightsError(
-        f"face-identity model {' or '.join(RECOGNITION_NAMES)} not found in {where}; {OBTAIN_HINT}. Without "
+        f"face-identity model {' or '.join(RECOGNITION_NAMES)} not found in {where}; {OBTAIN_HINT} (or "
+        f"`emo-models fetch --family hallo --with identity` fetches glintr100.onnx, the one Hallo ships; pick it "
+        f"on EMO Face Embedder Loader). Without "
         f"it Hallo runs with its unconditional identity tokens and identity fidelity drops")
 
 

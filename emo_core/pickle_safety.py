@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import zipfile
 
 import torch
 
@@ -37,13 +38,14 @@ def check_pickle_allowed(path: str | os.PathLike) -> None:
             f"load safely (CVE-2025-32434, fixed in torch 2.6): {CONVERT_HINT}")
 
 
-def load_pickle_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+def load_pickle_tensors(path: str | os.PathLike, mmap: bool = False) -> dict[str, torch.Tensor]:
     """A flat dict of tensors from a .pth/.pt/.ckpt/.bin file, never running code from it.
 
-    A file whose top level is {"state_dict": {...}} (Lightning) gives that inner dict.
+    A file whose top level is {"state_dict": {...}} (Lightning) gives that inner dict. `mmap`: tensors backed by
+    the file instead of RAM (zip-format files, torch.save's default since 1.6; see load_pickle).
     """
     name = os.path.basename(path)
-    data = load_pickle(path)
+    data = load_pickle(path, mmap=mmap)
     if isinstance(data, dict) and isinstance(data.get("state_dict"), dict):
         data = data["state_dict"]
     if not isinstance(data, dict) or not all(isinstance(v, torch.Tensor) for v in data.values()):
@@ -51,12 +53,13 @@ def load_pickle_tensors(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return data
 
 
-def load_pickle(path: str | os.PathLike):
+def load_pickle(path: str | os.PathLike, mmap: bool = False):
     """What a .pth/.pt file holds (tensors, numbers, strings, dicts and lists of them), never running code from
-    it; e.g. OpenAI's whisper checkpoints are {"dims": {...}, "model_state_dict": {...}}."""
+    it; e.g. OpenAI's whisper checkpoints are {"dims": {...}, "model_state_dict": {...}}. `mmap` maps a zip-format
+    file's tensors instead of reading them into RAM (ignored for the legacy format, which torch cannot map)."""
     check_pickle_allowed(path)
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipfile.is_zipfile(path))
     except Exception as err:  # UnpicklingError, RuntimeError, EOFError...: all mean "not plain tensors"
         # torch's own text advises weights_only=False, i.e. running the file's code: never show that.
         log.debug("torch.load(weights_only=True) refused %s: %s", path, err)

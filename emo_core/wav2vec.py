@@ -36,7 +36,8 @@ def load_wav2vec(path: str, dtype: torch.dtype = torch.float32, device: str | to
         model = _from_single_file(path)
     else:
         raise MissingWeightsError(f"wav2vec2 model '{os.path.basename(path)}' not found in "
-                                  f"'{os.path.dirname(os.path.abspath(path))}'; download {DEFAULT_MODEL} there")
+                                  f"'{os.path.dirname(os.path.abspath(path))}'; download {DEFAULT_MODEL} there "
+                                  "(`emo-models fetch --family hallo` does)")
     model.to(device=device, dtype=dtype).eval()
     log.info("loaded wav2vec2 from %s (%d layers, width %d)", path, model.config.num_hidden_layers,
              model.config.hidden_size)

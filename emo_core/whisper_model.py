@@ -78,7 +78,8 @@ def load_whisper(path: str, dtype: torch.dtype = torch.float32, device: str | to
         encoder = _from_openai(path)
     else:
         raise MissingWeightsError(f"whisper model '{os.path.basename(path)}' not found in "
-                                  f"'{os.path.dirname(os.path.abspath(path))}'; put EchoMimic's {WHISPER_FILE} there")
+                                  f"'{os.path.dirname(os.path.abspath(path))}'; put EchoMimic's {WHISPER_FILE} there "
+                                  "(or `emo-models fetch --family echomimic` fetches whisper-tiny)")
     encoder.to(device=device, dtype=dtype).eval()
     log.info("loaded whisper encoder from %s (%d layers, width %d)", path, encoder.config.encoder_layers,
              encoder.config.d_model)

@@ -136,11 +136,19 @@ def model_path(folder: str, name: str, extensions: set[str] | None = None, allow
     found = _find_file(fp, folder, rel, searched)
     if found is None:
         raise MissingWeightsError(f"model '{name}' not found in the '{folder}' model folder; searched "
-                                  f"{', '.join(str(p) for p in searched)}; put the file there (see the README)")
+                                  f"{', '.join(str(p) for p in searched)}; put the file there (see the README) or "
+                                  f"download it with {_fetch_hint(fp)}")
     if extensions is not None and rel.suffix.lower() not in extensions:
         raise InvalidInputError(f"model name {name!r} in the '{folder}' model folder must end in "
                                 f"{', '.join(sorted(extensions))}; choose one of the listed files")
     return found
+
+
+def _fetch_hint(fp) -> str:
+    """The emo-models command for this install: ComfyUI's folder, or the fallback models root."""
+    from ..emo_core.model_files.catalog import fetch_hint
+
+    return fetch_hint(where=" --comfyui <your ComfyUI folder>" if fp is not None else f" --dir {models_root()}")
 
 
 def _find_file(fp, folder: str, rel: PurePosixPath, searched: list[Path]) -> str | None:

@@ -17,6 +17,7 @@ import emo_core, emo_core.network, emo_core.checkpoint, emo_core.scheduling, emo
 import emo_core.audio, emo_core.wav2vec, emo_core.speed, emo_core.face, emo_core.face_hallo, emo_core.face_models
 import emo_core.sampler, emo_core.plan, emo_core.identity, emo_core.memory, emo_core.video_writer
 import emo_core.context_windows, emo_core.context_sampling
+import emo_core.model_files.cli, emo_core.model_files.fetch, emo_core.model_files.status
 assert 'mediapipe' not in sys.modules and 'cv2' not in sys.modules and 'onnxruntime' not in sys.modules
 assert 'av' not in sys.modules
 assert not any(m.split(".")[0] in {"comfy", "folder_paths"} for m in sys.modules)
@@ -36,6 +37,15 @@ def test_importing_the_package_root_is_light():
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
+
+
+def test_the_model_file_commands_import_no_download_client():
+    """Importing emo-models' modules sets nothing up to download: huggingface_hub is imported by `fetch` only."""
+    code = ("import sys, emo_core.model_files.cli, emo_core.model_files.fetch, emo_core.model_files.status, "
+            "emo_core.model_files.hub; print(sorted(m for m in ('huggingface_hub', 'torch') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
 
 
 def test_root_init_imports_as_a_bare_module():
