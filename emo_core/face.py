@@ -234,13 +234,13 @@ def _confirm_by_landmarks(frames: torch.Tensor, candidates: list[list[FaceBox]],
         return candidates
     out = list(candidates)
     for i, faces in zip(todo, found):
-        out[i] = [b for b in candidates[i] if any(_same_face(b, lm) for lm in faces)]
+        out[i] = [b for b in candidates[i] if any(same_face(b, lm) for lm in faces)]
         if not out[i]:
             reasons.append("the face landmarker finds no face where the detector boxed one")
     return out
 
 
-def _same_face(box: FaceBox, landmarks) -> bool:
+def same_face(box: FaceBox, landmarks) -> bool:
     """Whether a landmark set and a detector box are one face: each one's centre lies inside the other."""
     lx0, ly0 = (float(v) for v in landmarks[:, :2].min(0))
     lx1, ly1 = (float(v) for v in landmarks[:, :2].max(0))

@@ -1,5 +1,6 @@
 """ComfyUI node classes of the pack: thin adapters over emo_core. Ids are stable forever."""
 from .audio import EmoAudioFeatures
+from .crop import EmoFaceCrop, EmoPasteBack
 from .face import EmoFaceLocator
 from .loaders import EmoAudioEncoderLoader, EmoFaceEmbedderLoader, EmoModelLoader
 from .reference import EmoReferenceEncode
@@ -19,6 +20,8 @@ NODE_CLASS_MAPPINGS: dict[str, type] = {
     "EMO_SpeedFromVideo": EmoSpeedFromVideo,
     "EMO_Sampler": EmoSampler,
     "EMO_SaveVideo": EmoSaveVideo,
+    "EMO_FaceCrop": EmoFaceCrop,
+    "EMO_PasteBack": EmoPasteBack,
 }
 NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {
     "EMO_ModelLoader": "EMO Model Loader",
@@ -32,4 +35,6 @@ NODE_DISPLAY_NAME_MAPPINGS: dict[str, str] = {
     "EMO_SpeedFromVideo": "EMO Speed (From Video)",
     "EMO_Sampler": "EMO Sampler",
     "EMO_SaveVideo": "EMO Save Video (Streaming)",
+    "EMO_FaceCrop": "EMO Face Crop",
+    "EMO_PasteBack": "EMO Paste Back",
 }

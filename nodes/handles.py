@@ -104,3 +104,11 @@ class SpeedSchedule:
         # A driving video at another frame rate: sample its speed at each output frame's time.
         t = torch.arange(frames, dtype=torch.float64) / fps * video_fps
         return measured[t.round().long().clamp(0, measured.shape[0] - 1)]
+
+
+@dataclass(eq=False)
+class CropHandle:
+    """EMO_CROP: where EMO Face Crop cut its square (emo_core.face_crop.FaceCrop) and the image it cut it from
+    ((B, H, W, C) 0..1 as given, not a copy), which EMO Save Video (Streaming) pastes the frames back into."""
+    crop: Any
+    image: torch.Tensor
