@@ -18,6 +18,7 @@ import emo_core.audio, emo_core.wav2vec, emo_core.speed, emo_core.face, emo_core
 import emo_core.sampler, emo_core.plan, emo_core.identity, emo_core.memory, emo_core.video_writer
 import emo_core.context_windows, emo_core.context_sampling
 import emo_core.model_files.cli, emo_core.model_files.fetch, emo_core.model_files.status
+import emo_core.render.cli, emo_core.render.pipeline, emo_core.render.jobs, emo_core.render.models
 assert 'mediapipe' not in sys.modules and 'cv2' not in sys.modules and 'onnxruntime' not in sys.modules
 assert 'av' not in sys.modules
 assert not any(m.split(".")[0] in {"comfy", "folder_paths"} for m in sys.modules)
