@@ -294,7 +294,7 @@ def tiny_prompt(name: str, comfy: Comfy, **files) -> dict:
               "ImageScale": {"width": SIZE, "height": SIZE}, "EMO_Sampler": {"steps": 2},
               "LoadImage": {"image": files.get("image")}, "LoadAudio": {"audio": files.get("audio")},
               "LoadVideo": {"file": files.get("video")}, "SaveVideo": {"filename_prefix": f"emo_e2e/{name}"},
-              "EMO_SaveVideo": {"filename_prefix": f"emo_e2e/{name}"}}
+              "EMO_SaveVideo": {"filename_prefix": f"emo_e2e/{name}"}, "EMO_FaceCrop": {"size": SIZE}}
     for node_id, node in list(prompt.items()):
         node["inputs"].update(values.get(node["class_type"], {}))
         if node["class_type"] == "EMO_FaceEmbedderLoader" and not comfy.identity:
@@ -303,6 +303,24 @@ def tiny_prompt(name: str, comfy: Comfy, **files) -> dict:
             for other in prompt.values():
                 other["inputs"] = {k: v for k, v in other["inputs"].items() if v != [node_id, 0]}
     return prompt
+
+
+LAST_FRAME_SCRIPT = """
+import av, sys
+from PIL import Image
+with av.open(sys.argv[1]) as c:
+    *_, last = c.decode(video=0)
+last.to_image().save(sys.argv[2])
+"""
+
+
+def last_frame(video: Path, png: Path) -> torch.Tensor:
+    """The video's last frame as (H, W, 3) float 0..1 (decoded with ComfyUI's PyAV)."""
+    import numpy as np
+    from PIL import Image
+
+    comfy_python(LAST_FRAME_SCRIPT, str(video), str(png))
+    return torch.from_numpy(np.array(Image.open(png).convert("RGB"))).float() / 255
 
 
 def probe(path: Path) -> dict:
@@ -530,3 +548,77 @@ def test_a_portrait_without_a_human_face_fails_naming_face_mask(comfy, media, mo
     assert errors, f"the prompt did not fail: {entry}"
     print(f"\n{model}: {errors[0]['node_type']}: {errors[0]['exception_message']}")
     assert errors[0]["node_type"] == "EMO_FaceLocator" and "'face_mask'" in errors[0]["exception_message"]
+
+
+def _photo(tmp_path: Path, size_hw: tuple[int, int]) -> tuple[Path, torch.Tensor]:
+    """A phone-sized photo: the portrait fixture off-centre on the no-face one (test_face_crop.compose)."""
+    from PIL import Image
+    from test_face_crop import compose
+
+    canvas, _, _ = compose(size_hw, (0.3, 0.6))
+    path = tmp_path / f"photo_{size_hw[1]}x{size_hw[0]}.png"
+    Image.fromarray(canvas.numpy()).save(path)
+    return path, canvas.float() / 255
+
+
+def _check_pasted(video: Path, photo: torch.Tensor, box, png: Path) -> tuple[float, float]:
+    """(mean difference outside the crop's square, inside it) between the video's last frame and the photo."""
+    frame = last_frame(video, png)
+    height, width = frame.shape[:2]
+    inside = torch.zeros(height, width, dtype=torch.bool)
+    x0, y0, x1, y1 = box
+    inside[max(0, y0):min(height, y1), max(0, x0):min(width, x1)] = True
+    diff = (frame - photo[:height, :width]).abs().mean(-1)
+    return float(diff[~inside].mean()), float(diff[inside].mean())
+
+
+def test_any_photo_streams_the_animation_back_into_the_full_photo(comfy, media, tmp_path):
+    """emo_any_photo on an odd-sized phone photo (1 px more than 1080x1920 each way): EMO Face Crop finds the
+    off-centre face and cuts the model's square; EMO Save Video (Streaming) pastes every chunk back and writes
+    the photo's size less the odd pixel; outside the square the video is the photo (up to H.264)."""
+    from test_face_crop import TALL
+
+    size_hw = (TALL[0] + 1, TALL[1] + 1)
+    path, photo = _photo(tmp_path, size_hw)
+    prompt = tiny_prompt("emo_any_photo", comfy, image=comfy.upload(path), audio=media["speech"])
+    entry = comfy.run(prompt)
+    info = entry["outputs"][node_id(prompt, "EMO_FaceCrop")]["emo_crop"][0]
+    audio = entry["outputs"][node_id(prompt, "EMO_AudioFeatures")]["emo_audio"][0]
+    video = saved_video(comfy, entry)
+    streams = {s["type"]: s for s in probe(video)["streams"]}
+    outside, inside = _check_pasted(video, photo, info["box"], tmp_path / "last.png")
+    print(f"\nemo_any_photo: {entry['seconds']:.1f} s, crop {info}, {streams}, mean difference outside the square "
+          f"{outside:.4f}, inside {inside:.4f}")
+    assert (info["faces"], info["source"], info["size"], info["runs_off"]) == (1, "detector", SIZE, False)
+    assert (info["height"], info["width"]) == size_hw
+    assert streams["video"]["width"] == TALL[1] and streams["video"]["frames"] == audio["frames"]
+    assert streams["audio"]["codec"] == "aac"
+    assert outside < 0.02 < inside  # the photo around, the (random tiny model's) animation in the square
+
+
+def test_any_photo_through_paste_back_and_core_save_video(comfy, media, tmp_path):
+    """The IMAGE path of the same workflow: VAE Decode -> EMO Paste Back -> Create Video -> Save Video."""
+    from test_face_crop import TALL
+
+    path, photo = _photo(tmp_path, TALL)
+    prompt = tiny_prompt("emo_any_photo", comfy, image=comfy.upload(path), audio=media["other"])
+    saver_id, crop_id = node_id(prompt, "EMO_SaveVideo"), node_id(prompt, "EMO_FaceCrop")
+    saver = prompt.pop(saver_id)["inputs"]
+    prompt.update({
+        "90": {"class_type": "VAEDecode", "inputs": {"samples": saver["latent"], "vae": saver["vae"]}},
+        "91": {"class_type": "EMO_PasteBack", "inputs": {"image": prompt[crop_id]["inputs"]["image"],
+                                                         "frames": ["90", 0], "crop": [crop_id, 1], "feather": 0.1,
+                                                         "keep_detail": True, "match_colors": True}},
+        "92": {"class_type": "CreateVideo", "inputs": {"images": ["91", 0], "fps": saver["fps"],
+                                                       "audio": saver["audio"]}},
+        "93": {"class_type": "SaveVideo", "inputs": {"video": ["92", 0], "filename_prefix": "emo_e2e/any_photo_ib",
+                                                     "format": "auto", "codec": "auto"}}})
+    entry = comfy.run(prompt)
+    info = entry["outputs"][crop_id]["emo_crop"][0]
+    video = saved_video(comfy, entry)
+    streams = {s["type"]: s for s in probe(video)["streams"]}
+    outside, inside = _check_pasted(video, photo, info["box"], tmp_path / "last.png")
+    print(f"\nemo_any_photo via EMO Paste Back: {entry['seconds']:.1f} s, {streams}, mean difference outside the "
+          f"square {outside:.4f}, inside {inside:.4f}")
+    assert (streams["video"]["width"], streams["video"]["frames"]) == (TALL[1], 15)
+    assert outside < 0.02 < inside

@@ -13,13 +13,16 @@ from conftest import ROOT, load_pack
 pack = load_pack()
 OURS = pack.NODE_CLASS_MAPPINGS
 WORKFLOWS = ROOT / "example_workflows"
-NAMES = ("emo_portrait_audio", "emo_sd15_portrait", "emo_speed_from_video", "emo_echomimic", "emo_hallo2")
+NAMES = ("emo_portrait_audio", "emo_sd15_portrait", "emo_speed_from_video", "emo_echomimic", "emo_hallo2",
+         "emo_any_photo")
 # The checkpoint each workflow names, the audio encoder that family takes, and the family the loader is set to.
 MODELS = {"emo_portrait_audio": ("net.pth", "wav2vec2-base-960h", "auto"),
           "emo_sd15_portrait": ("net.pth", "wav2vec2-base-960h", "auto"),
           "emo_speed_from_video": ("emo.safetensors", "wav2vec2-base-960h", "auto"),
           "emo_echomimic": ("echomimic/denoising_unet.pth", "whisper_tiny.pt", "auto"),
-          "emo_hallo2": ("hallo2/net.pth", "wav2vec2-base-960h", "hallo2")}
+          "emo_hallo2": ("hallo2/net.pth", "wav2vec2-base-960h", "hallo2"),
+          "emo_any_photo": ("net.pth", "wav2vec2-base-960h", "auto")}
+STREAMED = {"emo_hallo2", "emo_any_photo"}  # the workflows that write with EMO Save Video (Streaming)
 WIDGET_TYPES = {"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"}
 FRONTEND_ONLY = {"MarkdownNote", "Note"}  # frontend notes: never sent to the server, no API twin
 # Inputs that name files: their values depend on what a user has installed, so they are not checked here.
@@ -413,7 +416,7 @@ def test_every_api_twin_binds_the_batch_clients_fields(name):
     binding.require([f for f in REQUIRED + ("seed", "steps") if not (painted and f == "portrait")])
     assert painted or check_reference_branch(api, binding).ok
     saver = api[binding["output"].node]["class_type"]
-    assert saver == ("EMO_SaveVideo" if name == "emo_hallo2" else "SaveVideo")  # Hallo2: long audio, streamed
+    assert saver == ("EMO_SaveVideo" if name in STREAMED else "SaveVideo")  # long audio, full-size photos: streamed
 
 
 def test_echomimic_workflow_has_no_identity_or_speed_nodes():
@@ -426,3 +429,21 @@ def test_every_workflow_has_a_template_browser_thumbnail(name):
 
     with Image.open(WORKFLOWS / f"{name}.jpg") as image:
         assert image.format == "JPEG" and image.width == image.height >= 256
+
+
+def test_any_photo_crops_the_loaded_photo_and_the_saver_pastes_it_back():
+    """emo_any_photo: Load Image -> EMO Face Crop (no resize: any size) -> EMO Reference Encode and EMO Face
+    Locator; the crop's handle goes to EMO Save Video (Streaming), which writes the photo's size; the square is
+    the model's frame size and placed by the loaded family (expand_ratio 0 with the model connected)."""
+    api = load_api("emo_any_photo")
+    (crop_id,) = [i for i, n in api.items() if n["class_type"] == "EMO_FaceCrop"]
+    crop = api[crop_id]["inputs"]
+    assert api[crop["image"][0]]["class_type"] == "LoadImage"
+    assert crop["expand_ratio"] == 0 and api[crop["emo_model"][0]]["class_type"] == "EMO_ModelLoader"
+    assert crop["size"] == 512 and "face_mask" not in crop  # Load Image's MASK is 64x64 zeros without alpha
+    for node in api.values():
+        if node["class_type"] in REFERENCE_BRANCH:
+            assert node["inputs"]["image"] == [crop_id, 0]
+    (saver,) = [n for n in api.values() if n["class_type"] == "EMO_SaveVideo"]
+    assert saver["inputs"]["crop"] == [crop_id, 1]
+    assert not any(n["class_type"] in ("ImageScale", "VAEDecode", "EMO_PasteBack") for n in api.values())
