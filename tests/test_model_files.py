@@ -354,3 +354,16 @@ def test_cli_honours_hf_endpoint_and_hf_home(tmp_path):
     assert set(lines.values()) == {"failed"} and "emo/hallo/net.safetensors" in lines
     assert (tmp_path / "models" / "audio_encoders" / catalog.WAV2VEC_DIR / "model.safetensors").read_bytes() == data
     assert list((tmp_path / "hf" / "hub").glob("models--fudan-generative-ai--hallo"))
+
+
+def test_a_pickle_with_tied_and_strided_tensors_converts_to_the_same_tensors(hub, tmp_path):
+    """safetensors stores neither shared nor strided storage: the conversion copies exactly those tensors."""
+    weight = torch.randn(4, 3)
+    tensors = {"a.weight": weight, "b.weight": weight, "t": torch.randn(3, 5).t(), "bias": torch.randn(3)}
+    hub.add("org/repo", "net.pth", tiny_pickle(**tensors))
+    net = dataclasses.replace(hub_file("net.safetensors", convert=True), source=HubSource("org/repo", "net.pth"))
+    (outcome,) = fetch_family(family_of(net), tmp_path / "models")
+    assert outcome.state == "fetched", outcome.detail
+    from safetensors.torch import load_file
+    got = load_file(str(tmp_path / "models" / "emo" / "net.safetensors"))
+    assert got.keys() == tensors.keys() and all(torch.equal(got[k], tensors[k]) for k in tensors)
