@@ -148,7 +148,7 @@ class Paster:
             moved = F.avg_pool2d(moved, kernel, stride=1, padding=pad, count_include_pad=False)
         still = ((MOTION_FULL - moved) / (MOTION_FULL - MOTION_FLOOR)).clamp(0, 1)
         up = self._upscale(still[0])
-        return torch.where(up > 1 - 1e-6, torch.ones_like(up), up)  # exactly 1 where nothing moved
+        return up.masked_fill_(up > 1 - 1e-6, 1.0)  # exactly 1 where nothing moved
 
     def paste_into(self, out: torch.Tensor, frame: torch.Tensor, index: int) -> torch.Tensor:
         """Write the full frame for `frame` ((size, size, 3) 0..1) into `out` ((H, W, 3)), using original frame

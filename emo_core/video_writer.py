@@ -59,11 +59,11 @@ class StreamingVideoWriter:
     def write(self, images: torch.Tensor) -> None:
         """images: (N, H, W, 3) float in 0..1 (ComfyUI IMAGE)."""
         av = _av()
-        pixels = (images[:, :self.height, :self.width, :3].float() * 255).round().clamp(0, 255).to(torch.uint8)
-        for frame in pixels.cpu().numpy():
+        for image in images[:, :self.height, :self.width, :3]:  # one frame at a time: a chunk of full-HD frames
+            frame = (image.float() * 255).round_().clamp_(0, 255).to(torch.uint8).cpu().numpy()  # as float32 is GBs
             video_frame = av.VideoFrame.from_ndarray(frame, format="rgb24").reformat(format="yuv420p")
             self.container.mux(self.video.encode(video_frame))
-        self.frames += pixels.shape[0]
+        self.frames += images.shape[0]
         self._mux_audio(math.floor(self.frames * self.audio_rate / self.rate) if self.wave is not None else 0)
 
     def _mux_audio(self, until: int) -> None:
