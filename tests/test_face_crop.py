@@ -22,6 +22,7 @@ from emo_core.face import NoFaceError, detect_face_boxes
 from emo_core.face_crop import (FAMILY_EXPAND, CropSettings, choose_face, crop_image, crop_mask, face_crop,
                                 family_expand_ratio, plan_crop)
 from emo_core.face_search import find_faces, plan_windows
+from emo_core.paste_back import paste_frames
 
 PORTRAIT_FRACTION = 0.4  # the portrait's side in the canvas, as a fraction of the canvas's shorter side
 TALL, WIDE = (1920, 1080), (1080, 1920)  # (height, width): a phone photo and a film still
@@ -200,6 +201,7 @@ def test_an_off_centre_face_in_a_phone_photo_or_still(model_dirs, fixture_face, 
     assert contains(crop.box, want) and not crop.runs_off
     assert result.image.shape == (1, 512, 512, 3) and result.mask.shape == (1, 512, 512)
     check_placement(result, CropSettings().expand_ratio, model_dirs)
+    assert torch.equal(paste_frames(as_image(canvas), result.image, crop), as_image(canvas))
 
 
 @pytest.mark.parametrize("padding", ["reflect", "edge"])
@@ -218,6 +220,7 @@ def test_a_face_near_the_edge_runs_off_and_is_padded(model_dirs, fixture_face, s
     assert crop.padding == padding and contains(crop.box, want)
     assert_near_box(crop.face_box, want)
     check_placement(result, CropSettings().expand_ratio, model_dirs)
+    assert torch.equal(paste_frames(as_image(canvas), result.image, crop), as_image(canvas))
 
 
 @pytest.mark.parametrize("big_on_the_left", [True, False])
