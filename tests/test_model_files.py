@@ -309,7 +309,8 @@ def test_mediapipe_comes_from_the_pinned_wheel_through_pip_and_a_wrong_wheel_is_
 def test_nothing_is_downloaded_unless_fetch_is_asked(hub, tmp_path, monkeypatch):
     root = tmp_path / "models"
     for command in ("list", "verify"):
-        assert cli.main([command, "--dir", str(root)], stream=io.StringIO()) == 1  # all missing
+        assert cli.main([command, "--dir", str(root)], stream=io.StringIO()) == 0  # every family shown, none asked for
+        assert cli.main([command, "--dir", str(root), "--family", "hallo"], stream=io.StringIO()) == 1  # all missing
     pack = load_pack()
     monkeypatch.setenv("EMO_MODELS_DIR", str(root))
     with pytest.raises(pack.emo_core.errors.MissingWeightsError, match="emo-models fetch --family FAMILY --dir"):

@@ -1,8 +1,8 @@
 """`emo-models fetch | list | verify`: get a family's model files on purpose, see what is there, check digests.
 
-Exit status: 0 when every file asked about is present and sound; 1 when a file is missing, corrupt or could
-not be fetched (each is named); 2 for a bad option or folder; 130 when interrupted (nothing half-placed is
-left; finished files are kept).
+Exit status: 0 when every file asked about is present and sound; 1 when a file is corrupt, could not be fetched
+or (with --family) is missing, each named; 2 for a bad option or folder; 130 when interrupted (nothing
+half-placed is left; finished files are kept).
 """
 from __future__ import annotations
 
@@ -93,7 +93,8 @@ def _run(args, out: TextIO) -> int:
             size = "" if s.size is None else f"  {_size(s.size)}"
             detail = f"  ({s.detail})" if s.detail else ""
             out.write(f"  {s.state:<9} {s.file.relpath}{size}{detail}{optional}\n")
-            bad += s.state == "corrupt" or (s.state == "missing" and s.file.extra is None)
+            # Without --family every family is shown: only the asked-for family's missing files are a failure.
+            bad += s.state == "corrupt" or (s.state == "missing" and s.file.extra is None and bool(args.family))
     if bad:
         hint = f"emo-models fetch --family {args.family or 'FAMILY'} --dir {root}"
         out.write(f"{bad} file(s) missing or corrupt; `{hint}` gets them\n")
