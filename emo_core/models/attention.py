@@ -13,6 +13,8 @@ from diffusers.models.attention_processor import Attention
 from torch import nn
 
 from ..errors import InvalidInputError
+from . import fused
+from .feedforward import feed_forward
 
 
 def conv1x1_tokens(conv: nn.Conv2d, tokens: torch.Tensor) -> torch.Tensor:
@@ -20,14 +22,28 @@ def conv1x1_tokens(conv: nn.Conv2d, tokens: torch.Tensor) -> torch.Tensor:
     return F.linear(tokens, conv.weight.flatten(1), conv.bias)
 
 
-def attend(attn: Attention, hidden: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-    """diffusers' AttnProcessor2_0 on already projected keys/values (rows, T, inner): the same SDPA call."""
+def attend(attn: Attention, hidden: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+           residual: torch.Tensor | None = None) -> torch.Tensor:
+    """diffusers' AttnProcessor2_0 on already projected keys/values (rows, T, inner): the same SDPA call.
+    With `residual`, returns residual + attention (added inside the output GEMM where fused.active())."""
     rows, heads = hidden.shape[0], attn.heads
     q = attn.to_q(hidden)
     dim = q.shape[-1] // heads
     q, k, v = (t.reshape(rows, -1, heads, dim).transpose(1, 2) for t in (q, key, value))
-    out = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(rows, -1, heads * dim)
-    return attn.to_out[1](attn.to_out[0](out.to(q.dtype)))
+    fast = fused.active()
+    out = (fused.sdpa if fast else F.scaled_dot_product_attention)(q, k, v)
+    out = out.transpose(1, 2).reshape(rows, -1, heads * dim).to(q.dtype)
+    if residual is not None and fast:
+        return fused.linear_residual(attn.to_out[0], out, residual)
+    out = attn.to_out[1](attn.to_out[0](out))
+    return out if residual is None else residual + out
+
+
+def self_attention(attn: Attention, normed: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    """residual + attn(normed): through `attend` on the fast path, diffusers' processor otherwise."""
+    if fused.active() and fused.can_fold(attn):
+        return attend(attn, normed, attn.to_k(normed), attn.to_v(normed), residual)
+    return residual + attn(normed)
 
 
 def _out_bias(attn: Attention, like: torch.Tensor) -> torch.Tensor:
@@ -64,26 +80,30 @@ class ReferenceTransformerBlock(nn.Module):
                 plain: int = 0) -> torch.Tensor:
         """x: (rows, tokens, dim); context: (rows, T, D); reference: (rows, R, dim); plain: leading rows that do
         not attend to the reference (the CFG unconditional half)."""
-        normed = self.norm1(x)
-        x = x + self._reference_attention(normed, reference, plain)
+        x = self._reference_attention(self.norm1(x), reference, plain, x)
         if self.attn2 is not None and context is not None:
-            out = self.attn2(self.norm2(x), encoder_hidden_states=context)
-            x = x + (out if self.cross_scale == 1.0 else self.cross_scale * out)
-        return x + self.ff(self.norm3(x))
+            normed, attn = self.norm2(x), self.attn2
+            if self.cross_scale == 1.0 and fused.active() and fused.can_fold(attn):
+                x = attend(attn, normed, attn.to_k(context), attn.to_v(context), x)
+            else:
+                out = attn(normed, encoder_hidden_states=context)
+                x = x + (out if self.cross_scale == 1.0 else self.cross_scale * out)
+        return feed_forward(self.ff, self.norm3, x)
 
-    def _reference_attention(self, normed, reference, plain: int):
-        """reference: tokens (rows, R, dim), or their projected (key, value) pair (fastpath), or None."""
+    def _reference_attention(self, normed, reference, plain: int, x):
+        """x + attn1. reference: tokens (rows, R, dim), or their projected (key, value) pair (fastpath), or None."""
         # The rows are [plain; with reference], so slices split them: no mask, no host sync.
         if reference is None or plain >= normed.shape[0]:
-            return self.attn1(normed)
+            return self_attention(self.attn1, normed, x)
         rows = normed[plain:]
         if isinstance(reference, tuple):  # keys/values of the frame tokens, then of the reference tokens
             attn, (key, value) = self.attn1, reference
             with_ref = attend(attn, rows, torch.cat([attn.to_k(rows), key[plain:]], 1),
-                              torch.cat([attn.to_v(rows), value[plain:]], 1))
+                              torch.cat([attn.to_v(rows), value[plain:]], 1), x[plain:])
         else:
-            with_ref = self.attn1(rows, encoder_hidden_states=torch.cat([rows, reference[plain:]], 1))
-        return with_ref if plain == 0 else torch.cat([self.attn1(normed[:plain]), with_ref])
+            with_ref = x[plain:] + self.attn1(rows, encoder_hidden_states=torch.cat([rows, reference[plain:]], 1))
+        return with_ref if plain == 0 else torch.cat([self_attention(self.attn1, normed[:plain], x[:plain]),
+                                                      with_ref])
 
 
 class SpatialTransformer(nn.Module):
@@ -143,7 +163,7 @@ class AudioBlock(nn.Module):
     def forward(self, x, audio, masks, motion_scale, kv=None, plain: int = 0):
         """x: (rows, L, dim); audio: (rows, T, A); masks: (full, face, lip) each (rows, L) or None.
         kv: `project_audio` of the rows after the first `plain` ones, whose audio is all zeros (fastpath)."""
-        x = x + self.attn1(self.norm1(x))
+        x = self_attention(self.attn1, self.norm1(x), x)
         normed = self.norm2(x)
         if kv is not None:
             x = x + self._cached_cross(normed, kv, plain, masks, motion_scale)
@@ -151,7 +171,7 @@ class AudioBlock(nn.Module):
             x = x + self.attn2(normed, encoder_hidden_states=audio)
         else:
             x = x + self._hierarchical(normed, audio, masks, motion_scale)
-        return x + self.ff(self.norm3(x))
+        return feed_forward(self.ff, self.norm3, x)
 
     def _hierarchical(self, normed, audio, masks, motion_scale):
         if masks is None:

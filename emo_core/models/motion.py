@@ -15,6 +15,9 @@ from torch import nn
 
 from .. import fastpath
 from ..config import MotionConfig
+from . import fused
+from .attention import self_attention
+from .feedforward import feed_forward
 
 
 class TemporalAttention(Attention):
@@ -31,6 +34,10 @@ class TemporalAttention(Attention):
     def forward(self, hidden_states: torch.Tensor, **kwargs) -> torch.Tensor:
         """hidden_states: (batch * tokens, frames, dim)."""
         return super().forward(self.pos_encoder(hidden_states), **kwargs)
+
+    def residual(self, normed: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """x + self(normed), fused on the fast path (models.fused)."""
+        return self_attention(self, self.pos_encoder(normed), x) if fused.active() else x + self(normed)
 
 
 class SpeedAttention(nn.Module):
@@ -70,13 +77,13 @@ class TemporalBlock(nn.Module):
         """x: (batch * tokens, motion + current frames, dim). drop_motion: return the current frames only (the
         feed-forward is per token, so the motion frames' is not computed when they are dropped next)."""
         for attention, norm in zip(self.attention_blocks, self.norms):
-            x = x + attention(norm(x))
+            x = attention.residual(norm(x), x)
         if self.speed is not None and speed is not None:
             current = self.speed(x[:, n_motion:], speed, tokens)
             x = torch.cat([x[:, :n_motion], current], dim=1)
         if drop_motion:
             x = x[:, n_motion:]
-        return x + self.ff(self.ff_norm(x))
+        return feed_forward(self.ff, self.ff_norm, x)
 
 
 class TemporalTransformer(nn.Module):

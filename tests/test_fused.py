@@ -1,0 +1,74 @@
+"""The fast path's kernels (emo_core.models.fused, feedforward) against the diffusers modules they replace."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from diffusers.models.attention import FeedForward
+from torch import nn
+from torch.testing import assert_close
+
+from emo_core import fastpath
+from emo_core.models import feedforward, fused
+from emo_core.models.attention import self_attention
+from emo_core.models.motion import TemporalAttention
+
+
+def test_feed_forward_in_chunks_equals_the_whole(monkeypatch):
+    """Row chunks of the feed-forward give the same tokens as one pass (each token's maths is its own)."""
+    torch.manual_seed(0)
+    ff, norm = FeedForward(16, activation_fn="geglu").double(), nn.LayerNorm(16).double()
+    x = torch.randn(3, 50, 16, dtype=torch.float64)
+    monkeypatch.setattr(feedforward, "CHUNK_ELEMENTS", 8 * 16 * 20)  # 20-row chunks: 8 of them
+    monkeypatch.setattr(feedforward, "MIN_CHUNK_ROWS", 1)
+    assert feedforward.chunk_rows(150, 16) == 20
+    calls = []
+    hook = ff.net[0].register_forward_pre_hook(lambda m, a: calls.append(a[0].shape[0]))
+    with torch.no_grad():
+        chunked = feedforward.feed_forward(ff, norm, x)
+        with fastpath.enabled(False):
+            whole = feedforward.feed_forward(ff, norm, x)
+    hook.remove()
+    assert calls[:-1] == [20] * 7 + [10] and calls[-1] == 3  # fast: 8 chunks of rows; plain: one batch call
+    assert_close(chunked, whole, atol=1e-12, rtol=1e-12)
+
+
+def test_feed_forward_chunks_only_where_they_pay():
+    """The deep levels' (1280 channels) weights are too big to re-read per chunk; few rows stay whole too."""
+    assert feedforward.chunk_rows(9216, 320) >= feedforward.MIN_CHUNK_ROWS
+    assert feedforward.chunk_rows(512, 1280) == 0
+    assert feedforward.chunk_rows(100, 320) == 0
+
+
+def test_linear_residual_is_residual_plus_linear_and_leaves_the_residual_alone():
+    torch.manual_seed(1)
+    lin = nn.Linear(12, 8).double()
+    x, residual = torch.randn(5, 7, 12, dtype=torch.float64), torch.randn(5, 7, 8, dtype=torch.float64)
+    before = residual.clone()
+    out = fused.linear_residual(lin, x, residual)
+    assert_close(out, residual + lin(x), atol=1e-12, rtol=1e-12)
+    assert torch.equal(residual, before)
+    sliced = torch.randn(5, 9, 8, dtype=torch.float64)[:, 2:]  # a non-contiguous residual (motion frames dropped)
+    assert_close(fused.linear_residual(lin, x, sliced), sliced + lin(x), atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("keys", [3, 18, fused.SHORT_KEYS + 5])
+def test_short_attention_equals_sdpa(keys):
+    torch.manual_seed(2)
+    q, k, v = (torch.randn(4, 2, n, 8, dtype=torch.float64) for n in (keys, keys, keys))
+    assert_close(fused.sdpa(q, k, v), F.scaled_dot_product_attention(q, k, v), atol=1e-12, rtol=1e-12)
+
+
+def test_fused_attention_equals_diffusers_and_stays_off_for_training():
+    torch.manual_seed(3)
+    attn = TemporalAttention(16, 2, 32).double()
+    norm = nn.LayerNorm(16).double()
+    x = torch.randn(6, 18, 16, dtype=torch.float64)
+    with torch.no_grad():
+        assert fused.active()
+        fast = attn.residual(norm(x), x)
+        with fastpath.enabled(False):
+            plain = attn.residual(norm(x), x)
+    assert_close(fast, plain, atol=1e-12, rtol=1e-12)
+    assert not fused.active()  # autograd on: the plain modules run (dropout, training)
+    assert_close(self_attention(attn, norm(x), x), x + attn(norm(x)))
