@@ -204,7 +204,7 @@ def detect_frame_boxes(frames: torch.Tensor, model_dirs: Sequence[str | os.PathL
         candidates.append(good)
         if why is not None and not good:
             reasons.append(why)
-    candidates = _confirm_by_landmarks(frames, candidates, model_dirs, reasons)
+    candidates = confirm_by_landmarks(frames, candidates, model_dirs, reasons)
     boxes = [largest(good) if good else None for good in candidates]
     missed = sum(b is None for b in boxes)
     if missed == len(boxes):
@@ -218,10 +218,12 @@ def detect_frame_boxes(frames: torch.Tensor, model_dirs: Sequence[str | os.PathL
     return boxes
 
 
-def _confirm_by_landmarks(frames: torch.Tensor, candidates: list[list[FaceBox]],
-                          model_dirs: Sequence[str | os.PathLike], reasons: list[str]) -> list[list[FaceBox]]:
+def confirm_by_landmarks(frames: torch.Tensor, candidates: list[list],
+                         model_dirs: Sequence[str | os.PathLike], reasons: list[str],
+                         box=lambda candidate: candidate) -> list[list]:
     """Keep the candidates on which MediaPipe's face landmarker also finds a face (the 468-point mesh has its
-    own face-presence check, which refuses animals and patterns the box detector takes for faces)."""
+    own face-presence check, which refuses animals and patterns the box detector takes for faces); without the
+    landmarker file, score and keypoints decide. `box(candidate)` is its FaceBox (candidates may carry more)."""
     from .face_hallo import landmark_faces
 
     todo = [i for i, good in enumerate(candidates) if good]
@@ -234,7 +236,7 @@ def _confirm_by_landmarks(frames: torch.Tensor, candidates: list[list[FaceBox]],
         return candidates
     out = list(candidates)
     for i, faces in zip(todo, found):
-        out[i] = [b for b in candidates[i] if any(same_face(b, lm) for lm in faces)]
+        out[i] = [c for c in candidates[i] if any(same_face(box(c), lm) for lm in faces)]
         if not out[i]:
             reasons.append("the face landmarker finds no face where the detector boxed one")
     return out

@@ -19,8 +19,8 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from .errors import InvalidInputError, MissingWeightsError
-from .face import CANDIDATE_SCORE, FaceDetection, NoFaceError, detect_face_boxes_batch, same_face
+from .errors import InvalidInputError
+from .face import CANDIDATE_SCORE, FaceDetection, NoFaceError, confirm_by_landmarks, detect_face_boxes_batch
 from .face_confirm import MIN_FACE_SCORE, face_problem
 
 log = logging.getLogger(__name__)
@@ -120,23 +120,11 @@ def _search(image: torch.Tensor, windows: Sequence[Window], pixels: int | None,
 
 
 def _confirm_by_landmarks(tiles: torch.Tensor, kept: list, model_dirs, problems: list) -> list:
-    """Keep the candidates on which MediaPipe's face landmarker finds a face in the same window
-    (see face._confirm_by_landmarks); without the landmarker file, score and keypoints decide."""
-    from .face_hallo import landmark_faces
-
-    todo = [i for i, good in enumerate(kept) if good]
-    if not todo:
-        return kept
-    try:
-        found = landmark_faces(tiles[todo], model_dirs)
-    except MissingWeightsError as err:
-        log.warning("faces are confirmed by the detector's score and keypoints only: %s", err)
-        return kept
-    out = list(kept)
-    for i, faces in zip(todo, found):
-        out[i] = [pair for pair in kept[i] if any(same_face(pair[0], lm) for lm in faces)]
+    """face.confirm_by_landmarks on the windows' (box, mapped box) pairs; every pair it drops is a problem."""
+    out = confirm_by_landmarks(tiles, kept, model_dirs, [], box=lambda pair: pair[0])
+    for before, after in zip(kept, out):
         problems += [(pair[0].score, "the face landmarker finds no face where the detector boxed one")
-                     for pair in kept[i] if pair not in out[i]]
+                     for pair in before if pair not in after]
     return out
 
 

@@ -8,13 +8,13 @@ file, then os.replace), so a crash leaves the previous or the new state, never h
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import InvalidInputError
+from ..json_file import write_json_atomic
 from .jobs import Job, fingerprint
 
 STATES = ("pending", "running", "done", "failed")
@@ -67,13 +67,7 @@ class Manifest:
             self._save()
 
     def _save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump({"version": 1, "jobs": self._jobs}, f, indent=1, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        write_json_atomic(self.path, {"version": 1, "jobs": self._jobs})
 
     def states(self) -> dict[str, str]:
         with self._lock:

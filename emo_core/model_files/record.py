@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 from ..errors import InvalidInputError
+from ..json_file import write_json_atomic
 
 RECORD_NAME = "emo_models.json"
 
@@ -51,13 +52,7 @@ class Record:
             self.save()
 
     def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump({"version": 1, "files": self.files}, f, indent=1, sort_keys=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.path)
+        write_json_atomic(self.path, {"version": 1, "files": self.files})
 
 
 def size_problem(path: Path, entry: dict | None, pinned: int | None = None) -> str | None:
