@@ -22,6 +22,9 @@ LONG_VIDEO = ("motion_frames", "context_windows")
 REFERENCE_ROWS = ("shared", "cfg_tiled")
 FIRST_MOTION = ("zeros", "reference")
 MOTION_SOURCES = ("latents", "pixels")
+SPEED_ATTENTION = ("per_frame", "across_frames")
+REFERENCE_ATTENTION = ("self_concat", "cross")
+FACE_ADDED_TO = ("features", "latent")
 
 
 def _require(ok: bool, name: str, value: Any, what: str) -> None:
@@ -201,6 +204,19 @@ class EmoNetConfig:
 
     `motion_pixel_drop` (Hallo2, scripts/inference_long.py `use_mask`/`mask_rate`): the fraction of motion-frame
     pixels set to 0 (in [-1, 1]) before they are VAE-encoded, outside the face-region box; 0 = Hallo.
+
+    Where the EMO paper (section 3) and Hallo's code differ; the defaults are Hallo's (and what native EMO files
+    written before these fields existed did), :func:`emo_preset` sets the paper's:
+    `speed_attention`: `per_frame` (each frame's tokens attend to that frame's speed tokens) or `across_frames`
+    (paper 3.2: every frame attends to the speed tokens of all f frames of the clip).
+    `plain_block_motion`: the temporal modules of the attention-free blocks (SD's DownBlock2D/UpBlock2D) also get
+    the motion frames: ReferenceNet's resnet outputs at those blocks (paper 3.2: motion features merged at each
+    resolution). False: they see the current frames only (their positions start at 0).
+    `reference_attention`: `self_concat` (Hallo, AnimateAnyone: the reference tokens join attn1's keys and
+    values; attn2 keeps SD's text slot) or `cross` (paper 3.2: SD's cross-attention layers take the ReferenceNet
+    features instead of text embeddings; attn1 is plain self-attention, no text slot).
+    `face_added_to`: `features` (Hallo: the face locator's output is added after conv_in, at the first block
+    width) or `latent` (paper 3.2: added to the noisy latent before the backbone, 4 channels at latent size).
     """
     family: str = "emo"
     unet: UNetConfig = field(default_factory=UNetConfig)
@@ -224,6 +240,10 @@ class EmoNetConfig:
     context_shift: int = 2
     noise_clamp: float | None = None
     motion_pixel_drop: float = 0.0
+    speed_attention: str = "per_frame"
+    plain_block_motion: bool = False
+    reference_attention: str = "self_concat"
+    face_added_to: str = "features"
 
     @property
     def is_hallo_layout(self) -> bool:
@@ -252,6 +272,7 @@ class EmoNetConfig:
                  self.clip_length, f"clip_length + motion_frames must fit motion.max_len={self.motion.max_len}")
         self._validate_audio()
         self._validate_long_video()
+        self._validate_paper_choices()
         self.unet.validate()
         self.motion.validate()
         self.audio_attention.validate()
@@ -272,6 +293,21 @@ class EmoNetConfig:
                      f"audio_attention.audio_dim={a.audio_dim}")
             _require(self.identity is None, "identity", self.identity,
                      "the cross-attention slot carries the audio, so there is no room for identity tokens")
+
+    def _validate_paper_choices(self) -> None:
+        _require(self.speed_attention in SPEED_ATTENTION, "speed_attention", self.speed_attention,
+                 f"choose one of {SPEED_ATTENTION}")
+        _require(self.reference_attention in REFERENCE_ATTENTION, "reference_attention", self.reference_attention,
+                 f"choose one of {REFERENCE_ATTENTION}")
+        _require(self.face_added_to in FACE_ADDED_TO, "face_added_to", self.face_added_to,
+                 f"choose one of {FACE_ADDED_TO}")
+        _require(not self.plain_block_motion or self.motion.in_plain_blocks, "plain_block_motion",
+                 self.plain_block_motion, "needs motion.in_plain_blocks=True (the modules must run to see them)")
+        if self.reference_attention == "cross":  # the text slot is the reference-attention: nothing else fits
+            _require(self.identity is None, "identity", self.identity,
+                     "reference_attention='cross' has no text slot for identity tokens")
+            _require(self.audio_attention.form != "cross_slot", "audio_attention.form", self.audio_attention.form,
+                     "reference_attention='cross' has no text slot for the audio")
 
     def _validate_long_video(self) -> None:
         _require(self.long_video in LONG_VIDEO, "long_video", self.long_video, f"choose one of {LONG_VIDEO}")
@@ -316,9 +352,22 @@ def _from_dict(cls, data: dict) -> Any:
     return cls(**kwargs)
 
 
+# The paper's reading where it is specific (section 3.2; README "EMO preset and the paper"). Not the dataclass
+# defaults: a native EMO file written before these fields existed loads with the defaults, its old behaviour.
+EMO_PAPER_CHOICES = dict(speed_attention="across_frames", plain_block_motion=True, reference_attention="cross",
+                         face_added_to="latent", reference_cross_attention=False)
+
+
+# What Hallo's and EchoMimic's code do at those places (the dataclass defaults, spelled out in their presets).
+HALLO_CODE_CHOICES = dict(speed_attention="per_frame", plain_block_motion=False, reference_attention="self_concat",
+                          face_added_to="features")
+
+
 def emo_preset(**overrides: Any) -> EmoNetConfig:
-    """EMO as in the paper: f=12, n=4, single audio attention, 1-channel face locator, speed layers."""
-    return dataclasses.replace(EmoNetConfig(), **overrides).validate()
+    """EMO as in the paper: f=12, n=4, single audio attention, 1-channel face locator added to the noisy latent,
+    speed layers across the clip's frames, motion frames in every temporal module, reference-attention in
+    SD's cross-attention slot and no text cross-attention anywhere."""
+    return dataclasses.replace(EmoNetConfig(), **{**EMO_PAPER_CHOICES, **overrides}).validate()
 
 
 def hallo_preset(**overrides: Any) -> EmoNetConfig:
@@ -333,6 +382,8 @@ def hallo_preset(**overrides: Any) -> EmoNetConfig:
         identity=IdentityConfig(embedding_dim=512, tokens=4),
         speed=None, clip_length=16, motion_frames=2, reference_rows="cfg_tiled",
         first_motion="reference", motion_source="pixels", guidance_scale=3.5,
+        # Hallo's own code where the paper says otherwise (README "EMO preset and the paper"):
+        **HALLO_CODE_CHOICES,
     )
     return dataclasses.replace(base, **overrides).validate()
 
@@ -353,7 +404,7 @@ def echomimic_preset(**overrides: Any) -> EmoNetConfig:
         identity=None, speed=None, clip_length=12, motion_frames=0, reference_rows="shared",
         first_motion="zeros", motion_source="latents", guidance_scale=2.5, reference_cross_attention=False,
         default_steps=30, default_fps=24.0, long_video="context_windows", context_overlap=3, context_shift=2,
-        noise_clamp=1.5,
+        noise_clamp=1.5, **HALLO_CODE_CHOICES,  # EchoMimic's code makes the same choices as Hallo's
     )
     return dataclasses.replace(base, **overrides).validate()
 

@@ -23,7 +23,8 @@ log = logging.getLogger(__name__)
 class ClipConditions:
     """Conditional inputs of one clip for batch b, F frames (the unconditional half is derived).
 
-    audio: (b, F, T, A) audio tokens. face: (b, C0, F, h, w) face-locator features or None.
+    audio: (b, F, T, A) audio tokens. face: (b, C0, F, h, w) face-locator features (C0: the UNet's first block
+    width, or its 4 latent channels when `face_added_to` is "latent") or None.
     context / uncond_context: (b, T, D) identity tokens of the two CFG branches, or None.
     masks: (full, face, lip), each a list over levels of (b*F, h_l*w_l), or None.
     motion_scale: (3,) or None. speed: (b, F, T, S) speed tokens or None.
@@ -48,7 +49,9 @@ class EmoNet(nn.Module):
         u = config.unet
         self.reference_unet = build_reference_unet(u, cross_attention=config.reference_cross_attention)
         self.denoising_unet = DenoisingUNet(config)
-        self.face_locator = FaceLocator(config.face_locator, u.block_out_channels[0])
+        # The face locator's output is added to the noisy latent (EMO paper) or after conv_in (Hallo): its width.
+        face_width = u.in_channels if config.face_added_to == "latent" else u.block_out_channels[0]
+        self.face_locator = FaceLocator(config.face_locator, face_width)
         self.imageproj = IdentityProjection(config.identity, u.cross_attention_dim) if config.identity else None
         self.audioproj = WindowProjection(config.audio_projection) if config.audio_projection else None
         self.speedproj = WindowProjection(config.speed.projection()) if config.speed else None
@@ -102,7 +105,8 @@ class EmoNet(nn.Module):
         return self.speedproj(windowed.to(self._param().dtype).unsqueeze(3))
 
     def face_features(self, mask: torch.Tensor, frames: int) -> torch.Tensor:
-        """Face-region mask (b, c, H, W) or (b, c, F, H, W) at pixel size -> (b, C0, F, h, w)."""
+        """Face-region mask (b, c, H, W) or (b, c, F, H, W) at pixel size -> (b, C0, F, h, w); C0 is 4 (latent
+        channels) when the config adds it to the noisy latent, else the UNet's first block width."""
         want = self.config.face_locator.conditioning_channels
         static = mask.dim() == 4 and fastpath.is_on()  # the locator runs per frame: one frame serves them all
         if mask.dim() == 4:
@@ -170,7 +174,8 @@ class EmoNet(nn.Module):
             videos = b
             rows = latents.flatten(0, 1)
             tokens = context.repeat_interleave(len(slots), 0)
-        bank = record_reference(self.reference_unet, rows.to(dtype), tokens.to(dtype))
+        bank = record_reference(self.reference_unet, rows.to(dtype), tokens.to(dtype),
+                                self.denoising_unet.plain_motion_keys())
         bank = {k: rearrange(v, "(v s) l c -> v s l c", s=len(slots)) for k, v in bank.items()}
         if self.config.reference_rows != "cfg_tiled" and guidance:  # one shared pass serves both CFG halves
             bank = {k: torch.cat([v, v]) for k, v in bank.items()}

@@ -59,14 +59,15 @@ def _comfy_ready() -> str | None:
 def tiny_hallo_config():
     """Hallo's layout (hierarchical audio attention, 3-channel face locator, identity tokens from a 512-d
     embedding, pixel motion frames) at conftest's toy size, with 8-frame clips."""
-    from emo_core.config import AudioAttentionConfig, FaceLocatorConfig, IdentityConfig, MotionConfig
+    from emo_core.config import HALLO_CODE_CHOICES, AudioAttentionConfig, FaceLocatorConfig, IdentityConfig, MotionConfig
 
     return tiny_emo_config_for_fixture_audio(
         family="hallo", identity=IdentityConfig(embedding_dim=512, tokens=4), speed=None,
         audio_attention=AudioAttentionConfig(form="hierarchical", audio_dim=16),
         face_locator=FaceLocatorConfig(conditioning_channels=3, block_out_channels=(4, 8, 8, 16)),
         motion=MotionConfig(heads=4, max_len=32, in_plain_blocks=False), reference_rows="cfg_tiled",
-        clip_length=8, motion_frames=2, first_motion="reference", motion_source="pixels")
+        clip_length=8, motion_frames=2, first_motion="reference", motion_source="pixels",
+        **HALLO_CODE_CHOICES, reference_cross_attention=True)
 
 
 TAESD_SCRIPT = """

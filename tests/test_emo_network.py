@@ -6,6 +6,7 @@ import torch
 from torch.testing import assert_close
 
 from emo_core.errors import InvalidConfigError, InvalidInputError
+from emo_core.models.attention import SpatialTransformer
 from emo_core.models.motion import SpeedAttention
 from emo_core.network import ClipConditions, EmoNet
 
@@ -58,10 +59,15 @@ def test_shapes_follow_emo_clip_settings(tiny_config, batch):
     assert tiny_config.clip_length == 12 and tiny_config.motion_frames == 4
     assert cond.audio.shape == (batch, 12, 4, 16)
     assert cond.speed.shape == (batch, 12, 2, 16)
-    assert cond.face.shape == (batch, 32, 12, 16, 16)
+    # The EMO preset adds the face locator's output to the noisy latent: 4 channels at latent size.
+    assert tiny_config.face_added_to == "latent"
+    assert cond.face.shape == (batch, tiny_config.unet.in_channels, 12, 16, 16)
     ref = cond.reference
     assert ref.plain == batch  # [uncond; cond]: the first half attends without the reference
-    assert len(ref.tokens) == 10 and all(v.shape[:2] == (2 * batch, 4) for v in ref.motion.values())
+    transformers = sum(isinstance(m, SpatialTransformer) for m in net.denoising_unet.modules())
+    plain_keys = net.denoising_unet.plain_motion_keys()
+    assert plain_keys and set(ref.tokens) == set(ref.motion) and len(ref.tokens) == transformers + len(plain_keys)
+    assert all(v.shape[:2] == (2 * batch, 4) for v in ref.motion.values())
     out = predict(net, latents, cond)
     assert out.shape == (batch, 4, 12, 16, 16) and torch.isfinite(out).all()
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from conftest import ROOT, SHARED, mediapipe_missing, tiny_emo_config
-from emo_core.config import AudioAttentionConfig, FaceLocatorConfig, IdentityConfig, MotionConfig
+from emo_core.config import HALLO_CODE_CHOICES, AudioAttentionConfig, FaceLocatorConfig, IdentityConfig, MotionConfig
 from emo_core.errors import IncompatibleCheckpointError, MissingDependencyError, MissingWeightsError
 from emo_core.face import NoFaceError
 from emo_core.identity import (ARCFACE_TEMPLATE, CONVENTIONAL_SUBDIRS, FaceEmbedder, align_face, detect_keypoints,
@@ -242,7 +242,8 @@ def test_embedding_feeds_hallo_identity_tokens(tiny_model):
         family="hallo", identity=IdentityConfig(embedding_dim=512, tokens=4), speed=None,
         audio_attention=AudioAttentionConfig(form="hierarchical", audio_dim=16),
         face_locator=FaceLocatorConfig(conditioning_channels=3, block_out_channels=(4, 8, 8, 16)),
-        motion=MotionConfig(heads=4, max_len=32, in_plain_blocks=False), reference_rows="cfg_tiled")
+        motion=MotionConfig(heads=4, max_len=32, in_plain_blocks=False), reference_rows="cfg_tiled",
+        **HALLO_CODE_CHOICES, reference_cross_attention=True)
     torch.manual_seed(0)
     net = EmoNet(config).eval()
     emb = FaceEmbedder(tiny_model[0]).embed(np.full((128, 128, 3), 90, np.uint8), keypoints=place_template(0.8))

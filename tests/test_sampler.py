@@ -88,9 +88,9 @@ def test_reference_image_once_per_video_motion_frames_once_per_clip(net, monkeyp
     rows = []
     real = network_module.record_reference
 
-    def counting(unet, latents, context):
+    def counting(unet, latents, context, *rest):
         rows.append(latents.shape[0])
-        return real(unet, latents, context)
+        return real(unet, latents, context, *rest)
 
     monkeypatch.setattr(network_module, "record_reference", counting)
     generate(net, video(net, 12), SamplerSettings(steps=3))

@@ -57,18 +57,25 @@ def _attention(dim: int, heads: int, cross_dim: int | None = None) -> Attention:
 
 
 class ReferenceTransformerBlock(nn.Module):
-    """SD transformer block whose self-attention also attends to ReferenceNet tokens.
+    """SD transformer block with reference-attention, in one of two places.
 
-    attn1: queries are the frame tokens; keys/values are the frame tokens followed by the reference
-    tokens for rows that use them (rows without them - the unconditional CFG half - do plain
-    self-attention). attn2: cross-attention to identity tokens. Then the GEGLU feed-forward.
+    `reference_in_cross` False (Hallo, AnimateAnyone): attn1's queries are the frame tokens; its keys/values are
+    the frame tokens followed by the reference tokens for rows that use them (rows without them - the
+    unconditional CFG half - do plain self-attention). attn2: cross-attention to identity tokens.
+    `reference_in_cross` True (EMO paper 3.2, "cross-attention layers ... take reference features rather than
+    text embeddings"): attn1 is plain self-attention and attn2 cross-attends from the frame tokens to the
+    reference tokens (rows without them skip it); there is no text slot. Then the GEGLU feed-forward.
     `reference_key` is this block's module path; ReferenceNet records under the same name.
     """
 
-    def __init__(self, dim: int, heads: int, cross_attention_dim: int | None, cross_scale: float = 1.0):
+    def __init__(self, dim: int, heads: int, cross_attention_dim: int | None, cross_scale: float = 1.0,
+                 reference_in_cross: bool = False):
         super().__init__()
         self.reference_key = ""
+        self.reference_in_cross = reference_in_cross
         self.cross_scale = cross_scale  # EchoMimic: the audio in the cross-attention slot counts x 3.0
+        # The reference tokens come from the same place of ReferenceNet: their width is this block's.
+        cross_attention_dim = dim if reference_in_cross else cross_attention_dim
         self.norm1 = nn.LayerNorm(dim)
         self.attn1 = _attention(dim, heads)
         self.norm2 = nn.LayerNorm(dim) if cross_attention_dim else None
@@ -76,10 +83,19 @@ class ReferenceTransformerBlock(nn.Module):
         self.norm3 = nn.LayerNorm(dim)
         self.ff = FeedForward(dim, activation_fn="geglu")
 
+    @property
+    def reference_attention(self) -> Attention:
+        """The attention whose keys/values include the reference tokens (fast path: projected once per video)."""
+        return self.attn2 if self.reference_in_cross else self.attn1
+
     def forward(self, x: torch.Tensor, context: torch.Tensor | None, reference: torch.Tensor | None,
                 plain: int = 0) -> torch.Tensor:
         """x: (rows, tokens, dim); context: (rows, T, D); reference: (rows, R, dim); plain: leading rows that do
         not attend to the reference (the CFG unconditional half)."""
+        if self.reference_in_cross:
+            x = self_attention(self.attn1, self.norm1(x), x)
+            x = self._reference_cross_attention(self.norm2(x), reference, plain, x)
+            return feed_forward(self.ff, self.norm3, x)
         x = self._reference_attention(self.norm1(x), reference, plain, x)
         if self.attn2 is not None and context is not None:
             normed, attn = self.norm2(x), self.attn2
@@ -106,17 +122,31 @@ class ReferenceTransformerBlock(nn.Module):
                                                       with_ref])
 
 
+    def _reference_cross_attention(self, normed, reference, plain: int, x):
+        """x + attn2(normed -> reference) for the rows after `plain`; the first `plain` rows are returned as they
+        are (no reference to attend to). reference: tokens (rows, R, dim), their (key, value) pair, or None."""
+        if reference is None or plain >= normed.shape[0]:
+            return x
+        attn, rows = self.attn2, normed[plain:]
+        if isinstance(reference, tuple):
+            key, value = reference
+            with_ref = attend(attn, rows, key[plain:], value[plain:], x[plain:])
+        else:
+            with_ref = x[plain:] + attn(rows, encoder_hidden_states=reference[plain:])
+        return with_ref if plain == 0 else torch.cat([x[:plain], with_ref])
+
+
 class SpatialTransformer(nn.Module):
     """GroupNorm -> 1x1 proj_in -> ReferenceTransformerBlock -> 1x1 proj_out -> residual, per frame."""
 
     def __init__(self, channels: int, heads: int, cross_attention_dim: int | None, groups: int,
-                 cross_scale: float = 1.0):
+                 cross_scale: float = 1.0, reference_in_cross: bool = False):
         super().__init__()
         inner = heads * (channels // heads)
         self.norm = nn.GroupNorm(groups, channels, eps=1e-6)
         self.proj_in = nn.Conv2d(channels, inner, 1)
         self.transformer_blocks = nn.ModuleList([ReferenceTransformerBlock(inner, heads, cross_attention_dim,
-                                                                           cross_scale)])
+                                                                           cross_scale, reference_in_cross)])
         self.proj_out = nn.Conv2d(inner, channels, 1)
 
     def forward(self, x: torch.Tensor, context, reference, plain: int = 0) -> torch.Tensor:

@@ -1,8 +1,9 @@
 """Down, mid and up blocks of the backbone.
 
 Each layer is: resnet -> spatial transformer (reference-attention + identity cross-attention) ->
-audio module -> motion module (motion frames in front). diffusers' ResnetBlock2D, Downsample2D and
-Upsample2D run per frame on (batch * frames, C, h, w).
+audio module -> motion module (motion frames in front). Attention-free blocks: resnet -> motion module, whose
+motion frames (EMO preset) are ReferenceNet's resnet outputs at the same place. diffusers' ResnetBlock2D,
+Downsample2D and Upsample2D run per frame on (batch * frames, C, h, w).
 """
 from __future__ import annotations
 
@@ -50,16 +51,21 @@ class _LayerStack(nn.Module):
         # EchoMimic (`cross_slot`): the audio goes through the transformer's cross-attention, no audio modules.
         self.audio_in_cross_slot = audio.form == "cross_slot"
         scale = audio.scale if self.audio_in_cross_slot else 1.0
+        reference_in_cross = cfg.reference_attention == "cross"
         self.attentions = nn.ModuleList(
             [SpatialTransformer(spec.out_channels, u.attention_heads, u.cross_attention_dim, u.norm_num_groups,
-                                scale) for _ in range(n)] if spec.attention else [])
+                                scale, reference_in_cross) for _ in range(n)] if spec.attention else [])
         self.audio_modules = nn.ModuleList(
             [AudioModule(spec.out_channels, c_in, u.attention_heads, audio.audio_dim,
                          u.norm_num_groups, audio.form, spec.depth) for c_in in audio_in]
             if spec.attention and not self.audio_in_cross_slot else [])
+        across = cfg.speed_attention == "across_frames"
         self.motion_modules = nn.ModuleList(
-            [MotionModule(spec.out_channels, cfg.motion, speed_dim) for _ in range(n)] if with_motion else [])
+            [MotionModule(spec.out_channels, cfg.motion, speed_dim, across) for _ in range(n)] if with_motion else [])
         self.apply_plain_motion = cfg.motion.in_plain_blocks
+        # Attention-free blocks with `plain_block_motion`: the ReferenceNet resnet path whose output gives layer j's
+        # motion frames (DenoisingUNet sets them: the same path in both UNets); empty: no motion frames there.
+        self.motion_keys: list[str] = []
 
     def _after_resnet(self, j: int, x: torch.Tensor, inputs: LayerInputs) -> torch.Tensor:
         """x: (b, C, F, h, w) after layer j's resnet -> after its attention, audio and motion modules."""
@@ -77,6 +83,8 @@ class _LayerStack(nn.Module):
             x = unflat(y, frames)
         elif not self.apply_plain_motion:
             return x
+        elif self.motion_keys and inputs.reference is not None:
+            motion = inputs.reference.motion_for(self.motion_keys[j], h, w)
         if self.motion_modules:
             x = self.motion_modules[j](x, motion, inputs.speed)
         return x

@@ -13,7 +13,9 @@ from einops import rearrange
 
 @dataclass
 class ReferenceFeatures:
-    """ReferenceNet output for one clip, keyed by transformer-block path (e.g. `up_blocks.1.attentions.0.transformer_blocks.0`).
+    """ReferenceNet output for one clip, keyed by transformer-block path (e.g. `up_blocks.1.attentions.0.transformer_blocks.0`)
+    and, with `plain_block_motion` (EMO preset), by the resnet paths of the attention-free blocks (`down_blocks.3.resnets.0`:
+    that resnet's output as tokens; only their motion entries are read).
 
     tokens[key]: (batch, h*w, C) reference-image tokens (norm1 output of the paired ReferenceNet block).
     motion[key]: (batch, n_motion, h*w, C) the motion frames' tokens from the same block.
@@ -40,10 +42,12 @@ class ReferenceFeatures:
         if ref is not None:
             pair = self.kv.get(key)
             ref = self._tile(ref, frames) if pair is None else tuple(self._tile(t, frames) for t in pair)
+        return ref, self.plain * frames, self.motion_for(key, height, width)
+
+    def motion_for(self, key: str, height: int, width: int) -> torch.Tensor | None:
+        """The motion frames' features recorded under `key` as (b, C, n, h, w), or None."""
         motion = self.motion.get(key)
-        if motion is not None:
-            motion = rearrange(motion, "b n (h w) c -> b c n h w", h=height, w=width)
-        return ref, self.plain * frames, motion
+        return None if motion is None else rearrange(motion, "b n (h w) c -> b c n h w", h=height, w=width)
 
     def to(self, device=None, dtype=None) -> ReferenceFeatures:
         move = lambda t: t.to(device=device, dtype=dtype)  # noqa: E731
@@ -58,7 +62,8 @@ class UNetConditions:
 
     context: (B, T, D) identity tokens for the cross-attention slot, or None.
     audio: (B, F, T, A) audio tokens (zeros for the unconditional half).
-    face: (B, C0, F, h, w) face-locator features added after conv_in, or None.
+    face: face-locator features, or None: (B, C0, F, h, w) added after conv_in (`face_added_to` "features", Hallo) or
+        (B, 4, F, h, w) added to the noisy latent before conv_in ("latent", EMO preset).
     masks: Hallo's (full, face, lip), each a list over levels of (B*F, h_l*w_l), or None.
     motion_scale: (3,) weights of the full/face/lip audio branches, or None.
     speed: (B, F, T, S) speed tokens for EMO's speed layers, or None.

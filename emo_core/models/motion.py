@@ -41,13 +41,17 @@ class TemporalAttention(Attention):
 
 
 class SpeedAttention(nn.Module):
-    """EMO speed layer: each frame's tokens cross-attend to that frame's speed tokens.
+    """EMO speed layer: cross-attention from the frame tokens to the speed tokens.
 
+    `across_frames` (the paper, section 3.2): the speed tokens of all f frames are repeated to every spatial
+    position, (b*h*w) x (f*T) x S, and each frame's query at that position attends to all of them, so one frame's
+    speed reaches every frame. `per_frame`: each frame's tokens attend to that frame's T speed tokens only.
     The output projection starts at zero so a network without trained speed weights is unchanged.
     """
 
-    def __init__(self, dim: int, heads: int, speed_dim: int):
+    def __init__(self, dim: int, heads: int, speed_dim: int, across_frames: bool = False):
         super().__init__()
+        self.across_frames = across_frames
         self.norm = nn.LayerNorm(dim)
         self.attn = Attention(query_dim=dim, cross_attention_dim=speed_dim, heads=heads, dim_head=dim // heads,
                               bias=False)
@@ -56,6 +60,12 @@ class SpeedAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, speed: torch.Tensor, tokens: int) -> torch.Tensor:
         """x: (batch * tokens, frames, dim) current frames only; speed: (batch, frames, T, S)."""
+        if self.across_frames:
+            # Every position of one video sees the same keys: attend with (b, d*f) queries against that video's
+            # (f*T) speed tokens - the same attention as repeating the keys d times, without the copies.
+            queries = rearrange(x, "(b d) f c -> b (d f) c", d=tokens)
+            out = self.attn(self.norm(queries), encoder_hidden_states=speed.flatten(1, 2))
+            return x + rearrange(out, "b (d f) c -> (b d) f c", d=tokens)
         frames = speed.shape[1]
         per_frame = rearrange(x, "(b d) f c -> (b f) d c", d=tokens)
         out = self.attn(self.norm(per_frame), encoder_hidden_states=speed.flatten(0, 1))
@@ -63,13 +73,13 @@ class SpeedAttention(nn.Module):
 
 
 class TemporalBlock(nn.Module):
-    def __init__(self, dim: int, cfg: MotionConfig, speed_dim: int | None):
+    def __init__(self, dim: int, cfg: MotionConfig, speed_dim: int | None, speed_across_frames: bool = False):
         super().__init__()
         heads = cfg.heads
         self.attention_blocks = nn.ModuleList(
             [TemporalAttention(dim, heads, cfg.max_len) for _ in range(cfg.attention_blocks)])
         self.norms = nn.ModuleList([nn.LayerNorm(dim) for _ in range(cfg.attention_blocks)])
-        self.speed = SpeedAttention(dim, heads, speed_dim) if speed_dim else None
+        self.speed = SpeedAttention(dim, heads, speed_dim, speed_across_frames) if speed_dim else None
         self.ff = FeedForward(dim, activation_fn="geglu")
         self.ff_norm = nn.LayerNorm(dim)
 
@@ -87,12 +97,13 @@ class TemporalBlock(nn.Module):
 
 
 class TemporalTransformer(nn.Module):
-    def __init__(self, channels: int, cfg: MotionConfig, speed_dim: int | None):
+    def __init__(self, channels: int, cfg: MotionConfig, speed_dim: int | None, speed_across_frames: bool = False):
         super().__init__()
         inner = cfg.heads * (channels // cfg.heads)
         self.norm = nn.GroupNorm(cfg.norm_num_groups, channels, eps=1e-6)
         self.proj_in = nn.Linear(channels, inner)
-        self.transformer_blocks = nn.ModuleList([TemporalBlock(inner, cfg, speed_dim) for _ in range(cfg.num_blocks)])
+        self.transformer_blocks = nn.ModuleList([TemporalBlock(inner, cfg, speed_dim, speed_across_frames)
+                                                 for _ in range(cfg.num_blocks)])
         self.proj_out = nn.Linear(inner, channels)
 
     def forward(self, x: torch.Tensor, speed: torch.Tensor | None, n_motion: int,
@@ -113,9 +124,10 @@ class TemporalTransformer(nn.Module):
 class MotionModule(nn.Module):
     """Wrapper named like AnimateDiff's VanillaTemporalModule (`motion_modules.i.temporal_transformer`)."""
 
-    def __init__(self, channels: int, cfg: MotionConfig, speed_dim: int | None = None):
+    def __init__(self, channels: int, cfg: MotionConfig, speed_dim: int | None = None,
+                 speed_across_frames: bool = False):
         super().__init__()
-        self.temporal_transformer = TemporalTransformer(channels, cfg, speed_dim)
+        self.temporal_transformer = TemporalTransformer(channels, cfg, speed_dim, speed_across_frames)
 
     def forward(self, x: torch.Tensor, motion: torch.Tensor | None = None,
                 speed: torch.Tensor | None = None) -> torch.Tensor:

@@ -6,6 +6,9 @@ carry none), so `conv_norm_out` is dropped and `conv_out` is an identity.
 """
 from __future__ import annotations
 
+import functools
+from collections.abc import Sequence
+
 import torch
 from diffusers import UNet2DConditionModel
 from diffusers.models.attention import BasicTransformerBlock
@@ -57,13 +60,28 @@ def build_reference_unet(cfg: UNetConfig, cross_attention: bool = True) -> UNet2
     return unet
 
 
-def record_reference(unet: UNet2DConditionModel, latents: torch.Tensor, context: torch.Tensor) -> dict[str, torch.Tensor]:
+def record_reference(unet: UNet2DConditionModel, latents: torch.Tensor, context: torch.Tensor,
+                     resnet_keys: Sequence[str] = ()) -> dict[str, torch.Tensor]:
     """Run ReferenceNet at t=0. latents: (rows, 4, h, w); context: (rows, T, D).
 
-    Returns {transformer-block path: (rows, h_l*w_l, C_l)} - the norm1 output of every block.
+    Returns {transformer-block path: (rows, h_l*w_l, C_l)} - the norm1 output of every block - and, for each
+    resnet path in `resnet_keys` (EMO preset: the attention-free blocks'), that resnet's output as tokens
+    (rows, h_l*w_l, C_l). diffusers' plain blocks take no attention kwargs, so those are recorded by forward
+    hooks that live only for this call (the recorder stays an argument, never module state).
     """
     recorder: dict[str, torch.Tensor] = {}
     timestep = torch.zeros((), dtype=torch.long, device=latents.device)
-    unet(latents, timestep, encoder_hidden_states=context, cross_attention_kwargs={"recorder": recorder},
-         return_dict=False)
+    modules = dict(unet.named_modules())
+    hooks = [modules[key].register_forward_hook(functools.partial(_record_output, recorder, key))
+             for key in resnet_keys]
+    try:
+        unet(latents, timestep, encoder_hidden_states=context, cross_attention_kwargs={"recorder": recorder},
+             return_dict=False)
+    finally:
+        for hook in hooks:
+            hook.remove()
     return recorder
+
+
+def _record_output(recorder: dict, key: str, module: nn.Module, args, output: torch.Tensor) -> None:
+    recorder[key] = output.flatten(2).transpose(1, 2)  # (rows, C, h, w) -> (rows, h*w, C), row-major tokens

@@ -41,6 +41,7 @@ class DenoisingUNet(nn.Module):
         u = cfg.unet
         c0 = u.block_out_channels[0]
         temb = c0 * 4
+        self.face_on_latent = cfg.face_added_to == "latent"
         self.conv_in = nn.Conv2d(u.in_channels, c0, 3, padding=1)
         self.time_proj = Timesteps(c0, flip_sin_to_cos=True, downscale_freq_shift=0)
         self.time_embedding = TimestepEmbedding(c0, temb)
@@ -57,6 +58,22 @@ class DenoisingUNet(nn.Module):
                 module.transformer_blocks[0].reference_key = module.reference_key
             if isinstance(module, AudioModule):
                 module.cache_key = name
+        if cfg.plain_block_motion:
+            self._set_plain_motion_keys()
+
+    def _set_plain_motion_keys(self) -> None:
+        """The attention-free blocks' temporal modules take their motion frames from ReferenceNet's resnet at the
+        same path (same width and resolution; the resnet output is what this block's temporal module reads)."""
+        for name, blocks in (("down_blocks", self.down_blocks), ("up_blocks", self.up_blocks)):
+            for i, block in enumerate(blocks):
+                if block.motion_modules and not block.attentions:
+                    block.motion_keys = [f"{name}.{i}.resnets.{j}" for j in range(len(block.resnets))]
+
+    def plain_motion_keys(self) -> list[str]:
+        """Every ReferenceNet resnet path an attention-free block reads motion frames from (ReferenceNet records
+        them too)."""
+        blocks = [*self.down_blocks, *self.up_blocks]
+        return [key for block in blocks for key in block.motion_keys]
 
     def fill_reference_kv(self, reference) -> None:
         """ReferenceFeatures.kv: each reference-attention's (key, value) of the reference tokens, for the blocks
@@ -64,7 +81,7 @@ class DenoisingUNet(nn.Module):
         for m in self.modules():
             if isinstance(m, SpatialTransformer) and m.reference_key in reference.tokens \
                     and m.reference_key not in reference.kv:
-                attn, tokens = m.transformer_blocks[0].attn1, reference.tokens[m.reference_key]
+                attn, tokens = m.transformer_blocks[0].reference_attention, reference.tokens[m.reference_key]
                 reference.kv[m.reference_key] = (attn.to_k(tokens), attn.to_v(tokens))
 
     def audio_kv(self, audio: torch.Tensor) -> dict:
@@ -76,8 +93,10 @@ class DenoisingUNet(nn.Module):
         batch, _, frames = sample.shape[:3]
         inputs = LayerInputs.build(cond, frames)
         temb = self._time_embedding(timestep, batch, sample).repeat_interleave(frames, dim=0)
+        if cond.face is not None and self.face_on_latent:  # EMO paper: the mask's features join the noisy latent
+            sample = sample + cond.face.to(sample.dtype)
         x = unflat(self.conv_in(flat(sample)), frames)
-        if cond.face is not None:
+        if cond.face is not None and not self.face_on_latent:  # Hallo: after conv_in, at the first block's width
             x = x + cond.face.to(x.dtype)
         skips = [x]
         for block in self.down_blocks:
