@@ -1,0 +1,252 @@
+"""Data preparation (emo_core.train.prepare*) on synthetic talking-head videos with known truth
+(emo_core.train.synthetic): shard contents against the shards contract, measured speed against the true
+speed, edge cases skipped with their reason, resume, interruption and worker-count independence."""
+from __future__ import annotations
+
+import math
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from emo_core.speed_pose import smooth_series
+from emo_core.train.prepare import PrepareSettings, video_id
+from emo_core.train.prepare_faces import SPEED_SMOOTHING
+from emo_core.train.shards import ClipSample, ShardDataset, ShardWriter, shard_paths
+from tests.conftest import shared_file, wav2vec_shape
+
+SETTINGS = PrepareSettings(size=64, fps=25.0, segment_frames=16, shard_samples=2, expand_ratio=1.6)
+CASES = {  # file stem -> (synthetic kind, fps, seed); the skip reasons below are the spec, not measurements
+    "talk_a": ("talking", 25.0, 1), "talk_b": ("talking", 25.0, 2), "odd_fps": ("talking", 29.97, 3),
+    "two_faces": ("two_faces", 25.0, 4), "noface": ("noface", 25.0, 5), "silent": ("silent", 25.0, 6),
+    "no_audio": ("no_audio", 25.0, 7)}
+EXPECTED_SKIPS = {"two_faces": "several_faces", "noface": "no_face", "silent": "silent_audio",
+                  "no_audio": "no_audio"}
+
+
+def wav2vec_path() -> str:
+    return str(shared_file("parity", "hallo-tiny", "wav2vec2", "config.json").parent)
+
+
+@pytest.fixture(scope="module")
+def videos(tmp_path_factory, model_dirs):
+    from emo_core.train.synthetic import SyntheticSettings, generate_video
+
+    portrait = shared_file("fixtures", "portrait_astronaut_512.png")
+    noface = shared_file("fixtures", "noface_coffee_512.png")
+    root = tmp_path_factory.mktemp("videos")
+    out = {}
+    for stem, (kind, fps, seed) in CASES.items():
+        settings = SyntheticSettings(duration=2.0, fps=fps, size=96, kind=kind, max_roll=0.7, seed=seed)
+        path = root / f"{stem}.mp4"
+        out[stem] = (path, generate_video(path, noface if kind == "noface" else portrait, settings, model_dirs))
+    return out
+
+
+def prepare(paths, out, model_dirs, settings=SETTINGS, **kw):
+    from emo_core.train.prepare_run import run_prepare
+    return run_prepare([str(p) for p in paths], out, settings, wav2vec=wav2vec_path(),
+                       model_dirs=[str(d) for d in model_dirs], **kw)
+
+
+@pytest.fixture(scope="module")
+def prepared(videos, model_dirs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("prepared")
+    manifest = prepare([p for p, _ in videos.values()], out, model_dirs)
+    return out, manifest
+
+
+def record_of(manifest, path) -> dict:
+    return next(r for r in manifest["videos"] if r["id"] == video_id(path))
+
+
+def samples_of(out, path) -> list[ClipSample]:
+    data = ShardDataset(shard_paths(out))
+    return [s for s in (data[i] for i in range(len(data))) if s.meta["video"] == video_id(path)]
+
+
+# -- generator -----------------------------------------------------------------------------------
+def test_generator_video_decodes_with_its_truth(videos):
+    import av
+
+    path, truth = videos["talk_a"]
+    with av.open(str(path)) as c:
+        frames = [f.to_ndarray(format="rgb24") for f in c.decode(video=0)]
+        assert len(c.streams.audio) == 1
+    assert len(frames) == truth["frames"] == len(truth["speed"]) == len(truth["loudness"])
+    # the mouth darkens as the audio gets louder
+    dark = [f[round(y) - 1:round(y) + 2, round(x) - 2:round(x) + 3].mean()
+            for f, [(x, y)] in zip(frames, truth["mouth_centres"])]
+    assert np.corrcoef(truth["loudness"], dark)[0, 1] < -0.6
+    assert max(truth["speed"]) > 2 * min(truth["speed"])  # the speed varies over the clip
+    with av.open(str(videos["no_audio"][0])) as c:
+        assert not c.streams.audio
+
+
+# -- prepared shards -----------------------------------------------------------------------------
+def test_samples_follow_the_shards_contract(prepared, videos):
+    out, manifest = prepared
+    layers, hidden = wav2vec_shape()
+    L, S = SETTINGS.segment_frames, SETTINGS.size
+    data = ShardDataset(shard_paths(out))
+    ok = [r for r in manifest["videos"] if r["status"] == "prepared"]
+    assert len(data) == manifest["totals"]["segments"] == sum(r["frames"] // L for r in ok) > 0
+    for i in range(len(data)):
+        s = data[i]
+        assert s.frames.shape == (L, 3, S, S) and s.frames.dtype == torch.float32
+        assert -1 <= s.frames.min() and s.frames.max() <= 1
+        assert s.face_masks.shape == (L, 1, S, S) and set(s.face_masks.unique().tolist()) <= {0.0, 1.0}
+        assert s.audio.shape == (L, layers, hidden) and s.audio.dtype == torch.float32
+        assert s.speed.shape == (L,) and s.speed.dtype == torch.float64
+        assert s.latents is None and s.fps == SETTINGS.fps
+        assert s.key == f"{s.meta['video']}/{s.meta['segment']:04d}"
+
+
+@pytest.mark.parametrize("stem", ["talk_a", "talk_b"])
+def test_measured_speed_follows_the_true_speed(prepared, videos, stem):
+    path, truth = videos[stem]
+    samples = sorted(samples_of(prepared[0], path), key=lambda s: s.meta["start"])
+    measured = torch.cat([s.speed for s in samples]).numpy()
+    # the truth smoothed as the estimate is, so the comparison is about the pose, not the filter
+    true = smooth_series(torch.tensor(truth["speed"][:len(measured)]), SPEED_SMOOTHING).numpy()
+    assert np.corrcoef(measured, true)[0, 1] > 0.7
+
+
+def test_face_mask_covers_the_mouth(prepared, videos):
+    path, truth = videos["talk_a"]
+    for s in samples_of(prepared[0], path):
+        left, top, right, _ = s.meta["crop"]
+        scale = SETTINGS.size / (right - left)
+        for f in range(SETTINGS.segment_frames):
+            (x, y), = truth["mouth_centres"][s.meta["start"] + f]
+            assert s.face_masks[f, 0, int((y - top) * scale), int((x - left) * scale)] == 1
+        assert s.face_masks.mean() < 0.9  # the box, not the whole crop
+
+
+def test_edge_cases_are_listed_with_their_reason(prepared, videos):
+    manifest = prepared[1]
+    for stem, (path, _) in videos.items():
+        record = record_of(manifest, path)
+        assert record["status"] == ("skipped" if stem in EXPECTED_SKIPS else "prepared"), record
+        assert record.get("reason") == EXPECTED_SKIPS.get(stem)
+    assert manifest["totals"]["skipped"] == {r: 1 for r in EXPECTED_SKIPS.values()}
+
+
+def test_odd_fps_is_resampled_to_the_target_rate(prepared, videos):
+    path, truth = videos["odd_fps"]
+    record = record_of(prepared[1], path)
+    assert record["frames_in"] == truth["frames"] and record["fps_in"] == pytest.approx(truth["fps"], rel=1e-3)
+    assert record["frames_resampled"] == math.floor(truth["frames"] / record["fps_in"] * SETTINGS.fps + 1e-6)
+
+
+def test_too_short_and_undecodable_videos_are_skipped(videos, model_dirs, tmp_path):
+    path, truth = videos["talk_a"]
+    garbage = tmp_path / "broken.mp4"
+    garbage.write_bytes(b"not a video" * 100)
+    long = PrepareSettings(size=64, segment_frames=truth["frames"] + 1)
+    manifest = prepare([path, garbage], tmp_path / "out", model_dirs, settings=long)
+    assert [r.get("reason") for r in manifest["videos"]] == ["too_short", "decode_error"]
+    assert shard_paths(tmp_path / "out") == []
+
+
+# -- resume, interruption, workers ---------------------------------------------------------------
+def test_a_second_run_does_nothing_new(prepared, videos, model_dirs, monkeypatch):
+    import emo_core.train.prepare_run as run
+
+    out, manifest = prepared
+    before = {p: Path(p).stat().st_mtime_ns for p in shard_paths(out)}
+    monkeypatch.setattr(run, "prepare_video", lambda *a, **k: pytest.fail("a finished video was redone"))
+    again = prepare([p for p, _ in videos.values()], out, model_dirs)
+    assert again == manifest
+    assert {p: Path(p).stat().st_mtime_ns for p in shard_paths(out)} == before
+
+
+def test_interrupted_work_is_redone_and_never_looks_finished(prepared, videos, model_dirs, tmp_path, monkeypatch):
+    path = videos["talk_b"][0]
+    reference = {Path(p).name: Path(p).read_bytes() for p in shard_paths(prepared[0])
+                 if Path(p).name.startswith(video_id(path))}
+    calls = {"n": 0}
+    real_write = ShardWriter.write
+
+    def dying_write(self, sample):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt  # as Ctrl-C in the middle of a shard
+        real_write(self, sample)
+
+    monkeypatch.setattr(ShardWriter, "write", dying_write)
+    with pytest.raises(KeyboardInterrupt):
+        prepare([path], tmp_path, model_dirs)
+    monkeypatch.undo()
+    assert shard_paths(tmp_path) == [] and not list(tmp_path.glob("*.partial"))
+    assert not (tmp_path / "records").exists() or not list((tmp_path / "records").iterdir())
+    # a kill -9 leaves a partial file and an unclaimed shard: both are removed and the video redone
+    name = next(iter(reference))
+    (tmp_path / f"{name}.partial").write_bytes(b"half a shard")
+    (tmp_path / name).write_bytes(b"a shard whose video has no record")
+    prepare([path], tmp_path, model_dirs)
+    assert {Path(p).name: Path(p).read_bytes() for p in shard_paths(tmp_path)} == reference
+    assert not list(tmp_path.glob("*.partial"))
+
+
+def test_shards_are_the_same_whatever_the_worker_count(prepared, videos, model_dirs, tmp_path):
+    paths = [videos[s][0] for s in ("talk_a", "odd_fps")]
+    prepare(paths, tmp_path, model_dirs, workers=2)
+    mine = {Path(p).name: p for p in shard_paths(tmp_path)}
+    ids = {video_id(p) for p in paths}
+    theirs = {Path(p).name: p for p in shard_paths(prepared[0]) if Path(p).name[:16] in ids}
+    assert sorted(mine) == sorted(theirs) and mine
+    a, b = ShardDataset(list(mine.values())), ShardDataset(list(theirs.values()))
+    assert len(a) == len(b)
+    for i in range(len(a)):
+        for field in ("frames", "face_masks", "audio", "speed"):
+            assert torch.equal(getattr(a[i], field), getattr(b[i], field)), (a[i].key, field)
+
+
+# -- command line --------------------------------------------------------------------------------
+def test_cli_with_a_list_file_and_a_vae(videos, model_dirs, tmp_path, capsys):
+    from diffusers import AutoencoderKL
+
+    from emo_core.train.prepare_cli import main
+
+    torch.manual_seed(0)
+    AutoencoderKL(block_out_channels=(8, 8, 8, 8), layers_per_block=1, norm_num_groups=4, latent_channels=4,
+                  down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4
+                  ).save_pretrained(tmp_path / "vae")
+    listing = tmp_path / "videos.txt"
+    listing.write_text(f"# training set\n{videos['talk_a'][0]}\n\n{videos['noface'][0]}\n")
+    argv = [str(listing), "--out", str(tmp_path / "out"), "--wav2vec", wav2vec_path(), "--vae",
+            str(tmp_path / "vae"), "--size", str(SETTINGS.size), "--segment-frames", str(SETTINGS.segment_frames),
+            "--mediapipe-models", str(model_dirs[0])]
+    assert main(argv) == 0
+    assert "1 of 2 videos prepared" in capsys.readouterr().out
+    data = ShardDataset(shard_paths(tmp_path / "out"))
+    side = SETTINGS.size // 8
+    assert data[0].latents.shape == (SETTINGS.segment_frames, 4, side, side)
+    assert main([str(tmp_path / "missing"), "--out", str(tmp_path / "o2"), "--wav2vec", wav2vec_path()]) == 2
+    assert "neither a folder" in capsys.readouterr().err
+
+
+# -- shard files alone (no MediaPipe needed) -----------------------------------------------------
+def test_shard_writer_round_trip_and_abort(tmp_path):
+    layers, hidden = wav2vec_shape()
+    L, S = 3, 16
+    g = torch.Generator().manual_seed(0)
+    frames = (torch.randint(0, 256, (L, 3, S, S), generator=g).float() / 127.5 - 1)
+    sample = ClipSample("vid/0000", frames, (torch.rand(L, 1, S, S, generator=g) > 0.5).float(),
+                        torch.randn(L, layers, hidden, generator=g).half().float(),
+                        torch.rand(L, generator=g, dtype=torch.float64), None, 25.0, {"video": "vid"})
+    with ShardWriter(tmp_path / "a.tar") as w:
+        w.write(sample)
+    with tarfile.open(tmp_path / "a.tar") as tar:  # webdataset grouping: <key>.<field>
+        assert all(n.startswith("vid/0000.") for n in tar.getnames())
+    back = ShardDataset(shard_paths(tmp_path))[0]
+    for field in ("frames", "face_masks", "audio", "speed"):
+        assert torch.allclose(getattr(back, field), getattr(sample, field), atol=1e-6), field
+    with pytest.raises(RuntimeError):
+        with ShardWriter(tmp_path / "b.tar") as w:
+            w.write(sample)
+            raise RuntimeError("killed")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.tar"]
