@@ -69,7 +69,8 @@ class EmoModelLoader:
         info = {"model": model_name, "family": cfg.family, "clip_length": cfg.clip_length,
                 "motion_frames": cfg.motion_frames, "motion_pixel_drop": cfg.motion_pixel_drop,
                 "long_video": cfg.long_video, "context_overlap": cfg.context_overlap,
-                "steps": cfg.default_steps, "cfg": cfg.guidance_scale, "fps": cfg.default_fps}
+                "steps": cfg.default_steps, "cfg": cfg.guidance_scale, "fps": cfg.default_fps,
+                "speed": cfg.speed is not None}
         return {"ui": {"emo_model": [info]},
                 "result": (EmoModel(net, path, device, dtype, services.wrap_model(net, device)),)}
 

@@ -144,6 +144,7 @@ class UpBlock(_LayerStack):
         self.upsamplers = nn.ModuleList([Upsample2D(out, use_conv=True, out_channels=out)]) if spec.resample else None
 
     def forward(self, x, temb, skips: list[torch.Tensor], inputs: LayerInputs, size=None):
+        skips = list(skips)  # popped below; gradient checkpointing re-runs forward on the caller's list
         for j, resnet in enumerate(self.resnets):
             x = torch.cat([x, skips.pop()], dim=1)
             x = self._after_resnet(j, unflat(resnet(flat(x), temb), inputs.frames), inputs)

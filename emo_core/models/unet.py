@@ -42,6 +42,8 @@ class DenoisingUNet(nn.Module):
         c0 = u.block_out_channels[0]
         temb = c0 * 4
         self.face_on_latent = cfg.face_added_to == "latent"
+        # Training only (emo_core.train): recompute each block's activations in the backward pass.
+        self.gradient_checkpointing = False
         self.conv_in = nn.Conv2d(u.in_channels, c0, 3, padding=1)
         self.time_proj = Timesteps(c0, flip_sin_to_cos=True, downscale_freq_shift=0)
         self.time_embedding = TimestepEmbedding(c0, temb)
@@ -100,17 +102,24 @@ class DenoisingUNet(nn.Module):
             x = x + cond.face.to(x.dtype)
         skips = [x]
         for block in self.down_blocks:
-            x, block_skips = block(x, temb, inputs)
+            x, block_skips = self._run(block, x, temb, inputs)
             skips += block_skips
-        x = self.mid_block(x, temb, inputs)
+        x = self._run(self.mid_block, x, temb, inputs)
         for i, block in enumerate(self.up_blocks):
             n = len(block.resnets)
             block_skips, skips = skips[-n:], skips[:-n]
             # Always forward the skip size so odd latent sizes (any multiple of 8 pixels) upsample back exactly.
             size = skips[-1].shape[-2:] if skips else None
-            x = block(x, temb, block_skips, inputs, size)
+            x = self._run(block, x, temb, block_skips, inputs, size)
         y = self.conv_out(self.conv_act(self.conv_norm_out(flat(x))))
         return unflat(y, frames)
+
+    def _run(self, block: nn.Module, *args):
+        """block(*args), through torch.utils.checkpoint while training with gradient checkpointing on."""
+        if self.gradient_checkpointing and torch.is_grad_enabled():
+            from torch.utils.checkpoint import checkpoint
+            return checkpoint(block, *args, use_reentrant=False)
+        return block(*args)
 
     def _time_embedding(self, timestep, batch: int, sample: torch.Tensor) -> torch.Tensor:
         t = torch.as_tensor(timestep, device=sample.device)

@@ -1,0 +1,90 @@
+"""The optimisation loop of trainer.train: data order, accumulation, logging, checkpoints and sample clips."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+
+import torch
+
+from .. import fastpath
+from . import order
+from .batches import build_batch
+
+log = logging.getLogger(__name__)
+
+
+def _as_list(items):
+    return items
+
+
+def _loader(dataset, cfg, accelerator, start: int):
+    """A DataLoader yielding this process's ClipSamples per micro step from `start` on (workers prefetch)."""
+    rank, world, acc = accelerator.process_index, accelerator.num_processes, cfg.gradient_accumulation_steps
+    plan = [order.positions(step, micro, cfg.batch_size, acc, rank, world)
+            for step in range(start, cfg.max_steps) for micro in range(acc)]
+    sampler = [order.dataset_indices(p, cfg.seed, len(dataset)) for p in plan]
+    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=_as_list,
+                                         num_workers=cfg.num_workers)
+    return plan, loader
+
+
+def run_loop(cfg, accelerator, model, optimizer, scheduler, ema, state, dataset, spec, encode, out) -> dict:
+    """Optimizer steps state.step..cfg.max_steps; returns {step: loss averaged over processes and micro steps}."""
+    from tqdm.auto import tqdm
+
+    from .previews import write_preview
+    from .trainer import LOSS_FILE, save_checkpoint
+
+    cfg.per_process_batch(accelerator.num_processes)
+    net_cfg = accelerator.unwrap_model(model).net.config
+    plan, loader = _loader(dataset, cfg, accelerator, state.step)
+    bar = tqdm(total=cfg.max_steps, initial=state.step, desc=f"EMO {cfg.stage}", unit="step",
+               disable=not accelerator.is_local_main_process)
+    losses, running, started = {}, [], time.perf_counter()
+    params = [p for p in model.parameters() if p.requires_grad]
+    model.train()
+    with fastpath.enabled(False):  # the inference caches (per-clip keys/values) have no place under autograd
+        for positions, samples in zip(plan, loader):
+            batch = build_batch(samples, positions, spec, net_cfg, encode).to(accelerator.device)
+            with accelerator.accumulate(model):
+                loss = model(batch)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and cfg.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            running.append(accelerator.reduce(loss.detach().float(), reduction="mean"))
+            if not accelerator.sync_gradients:
+                continue
+            scheduler.step()
+            if ema is not None:
+                ema.update()
+            state.step += 1
+            value = float(torch.stack(running).mean())
+            running = []
+            losses[state.step] = value
+            _report(cfg, accelerator, state.step, value, scheduler, bar, out, LOSS_FILE)
+            if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0 and state.step < cfg.max_steps:
+                save_checkpoint(cfg, accelerator, state, out)
+            if cfg.sample_every and state.step % cfg.sample_every == 0 and accelerator.is_main_process:
+                write_preview(cfg, accelerator, accelerator.unwrap_model(model).net, dataset, encode, state.step,
+                              out)
+    bar.close()
+    done = len(losses) * cfg.batch_size
+    log.info("%d samples in %.1f s (%.2f samples/s)", done, time.perf_counter() - started,
+             done / max(time.perf_counter() - started, 1e-9))
+    return losses
+
+
+def _report(cfg, accelerator, step: int, loss: float, scheduler, bar, out: str, loss_file: str) -> None:
+    bar.update(1)
+    bar.set_postfix(loss=f"{loss:.4f}")
+    if not accelerator.is_main_process:
+        return
+    with open(os.path.join(out, loss_file), "a", encoding="utf-8") as f:
+        f.write(json.dumps({"step": step, "loss": loss}) + "\n")
+    if cfg.log_every and step % cfg.log_every == 0:
+        accelerator.log({"train/loss": loss, "train/lr": scheduler.get_last_lr()[0]}, step=step)
+        log.debug("step %d loss %.5f", step, loss)

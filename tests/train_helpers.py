@@ -1,0 +1,56 @@
+"""Tiny training data for the trainer tests: ClipSample-shaped items in memory (swap for real shards from
+emo_core.train.synthetic / prepare when those tests want the full data path)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from emo_core.train.shards import ClipSample
+
+
+def tiny_samples(count: int, frames: int, size: int, layers: int, hidden: int, seed: int = 0,
+                 latents: bool = True) -> list[ClipSample]:
+    """`count` segments of `frames` frames at `size` px: a moving blob, its face box, random audio features and a
+    speed that rises over the clip; latents precomputed by 8x pooling (the `vae = "none"` encoder) when asked."""
+    from emo_core.train.batches import pool_encoder
+
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for k in range(count):
+        frames_px = torch.rand(frames, 3, size, size, generator=gen) * 2 - 1
+        masks = torch.zeros(frames, 1, size, size)
+        masks[:, :, size // 4: 3 * size // 4, size // 4: 3 * size // 4] = 1
+        audio = torch.randn(frames, layers, hidden, generator=gen)
+        speed = torch.linspace(0.1, 2.0, frames, dtype=torch.float64) * (1 + k)
+        out.append(ClipSample(key=f"v{k}/0", frames=frames_px, face_masks=masks, audio=audio, speed=speed,
+                              latents=pool_encoder(frames_px) if latents else None, fps=25.0, meta={"k": k}))
+    return out
+
+
+class ListDataset(torch.utils.data.Dataset):
+    def __init__(self, samples):
+        self.samples = samples
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, i):
+        return self.samples[i]
+
+
+def write_network_config(config, path: Path) -> Path:
+    path.write_text(config.to_json())
+    return path
+
+
+def data_shape(config) -> tuple[int, int]:
+    """(layers, hidden) of the audio features a network config eats."""
+    ap = config.audio_projection
+    return ap.blocks, ap.channels
+
+
+def read_losses(out: Path) -> dict[int, float]:
+    lines = (out / "loss.jsonl").read_text().splitlines()
+    return {json.loads(x)["step"]: json.loads(x)["loss"] for x in lines}
