@@ -4,6 +4,7 @@ speed, edge cases skipped with their reason, resume, interruption and worker-cou
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 import tarfile
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from emo_core.errors import InvalidInputError
 from emo_core.speed_pose import smooth_series
 from emo_core.train.prepare import PrepareSettings, video_id
 from emo_core.train.prepare_faces import SPEED_SMOOTHING
@@ -160,6 +162,8 @@ def test_a_second_run_does_nothing_new(prepared, videos, model_dirs, monkeypatch
     monkeypatch.setattr(run, "prepare_video", lambda *a, **k: pytest.fail("a finished video was redone"))
     again = prepare([p for p, _ in videos.values()], out, model_dirs)
     assert again == manifest
+    with pytest.raises(InvalidInputError, match="other settings"):  # a resume never mixes settings
+        prepare([p for p, _ in videos.values()], out, model_dirs, settings=replace(SETTINGS, size=32))
     assert {p: Path(p).stat().st_mtime_ns for p in shard_paths(out)} == before
 
 
@@ -193,7 +197,8 @@ def test_interrupted_work_is_redone_and_never_looks_finished(prepared, videos, m
 
 def test_shards_are_the_same_whatever_the_worker_count(prepared, videos, model_dirs, tmp_path):
     paths = [videos[s][0] for s in ("talk_a", "odd_fps")]
-    prepare(paths, tmp_path, model_dirs, workers=2)
+    manifest = prepare(paths, tmp_path, model_dirs, workers=2)
+    assert manifest["settings"]["size"] == SETTINGS.size
     mine = {Path(p).name: p for p in shard_paths(tmp_path)}
     ids = {video_id(p) for p in paths}
     theirs = {Path(p).name: p for p in shard_paths(prepared[0]) if Path(p).name[:16] in ids}

@@ -65,14 +65,15 @@ def load_models(wav2vec: str, model_dirs: Sequence[str], vae: str | None) -> Mod
     return Models(load_wav2vec(wav2vec), list(model_dirs), vae_model)
 
 
-def check_settings(out: Path, settings: PrepareSettings) -> None:
-    """Refuse to mix shards of different settings in one folder (a resume must use the same options)."""
+def check_settings(out: Path, record: dict) -> None:
+    """Refuse to mix shards of different settings (or encoders) in one folder: a resume must use the same
+    options."""
     manifest = out / MANIFEST
     if manifest.is_file():
         old = json.loads(manifest.read_text(encoding="utf-8")).get("settings")
-        if old != settings.record():
+        if old != record:
             raise InvalidInputError(f"{out} was prepared with other settings {old}; use the same options to "
-                                    f"resume, or a new --out folder for {settings.record()}")
+                                    f"resume, or a new --out folder for {record}")
 
 
 def done_records(out: Path) -> dict[str, dict]:
@@ -123,7 +124,8 @@ def run_prepare(videos: Sequence[str | os.PathLike], out: str | os.PathLike, set
         raise InvalidInputError(f"workers must be >= 1, got {workers}")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    check_settings(out, settings)
+    options = {**settings.record(), "wav2vec": str(wav2vec), "vae": None if vae is None else str(vae)}
+    check_settings(out, options)
     records = done_records(out)
     todo = [str(v) for v in videos if video_id(v) not in records]
     log.info("%d video(s): %d done before, %d to prepare with %d worker(s)", len(videos),
@@ -137,7 +139,7 @@ def run_prepare(videos: Sequence[str | os.PathLike], out: str | os.PathLike, set
             for future in as_completed([pool.submit(_run_one, p, str(out), settings) for p in todo]):
                 record = future.result()
                 records[record["id"]] = record
-    return write_manifest(out, settings, [records[video_id(v)] for v in videos if video_id(v) in records])
+    return write_manifest(out, options, [records[video_id(v)] for v in videos if video_id(v) in records])
 
 
 def _run_here(todo: Sequence[str], out: Path, settings: PrepareSettings, args: tuple, records: dict) -> None:
@@ -157,14 +159,14 @@ def _run_here(todo: Sequence[str], out: Path, settings: PrepareSettings, args: t
         _WORKER.clear()
 
 
-def write_manifest(out: Path, settings: PrepareSettings, records: Sequence[dict]) -> dict:
+def write_manifest(out: Path, settings: dict, records: Sequence[dict]) -> dict:
     """manifest.json: settings, totals, and every video's record (skipped ones with their reason)."""
     prepared = [r for r in records if r["status"] == "prepared"]
     skipped: dict[str, int] = {}
     for r in records:
         if r["status"] == "skipped":
             skipped[r["reason"]] = skipped.get(r["reason"], 0) + 1
-    manifest = {"settings": settings.record(), "videos": list(records),
+    manifest = {"settings": settings, "videos": list(records),
                 "totals": {"videos": len(records), "prepared": len(prepared), "skipped": skipped,
                            "segments": sum(r["segments"] for r in prepared),
                            "frames": sum(r["frames"] for r in prepared),
