@@ -23,7 +23,7 @@ def test_feed_forward_in_chunks_equals_the_whole(monkeypatch):
     monkeypatch.setattr(feedforward, "MIN_CHUNK_ROWS", 1)
     assert feedforward.chunk_rows(150, 16) == 20
     calls = []
-    hook = ff.net[0].register_forward_pre_hook(lambda m, a: calls.append(a[0].shape[0]))
+    hook = norm.register_forward_pre_hook(lambda m, a: calls.append(a[0].shape[0]))
     with torch.no_grad():
         chunked = feedforward.feed_forward(ff, norm, x)
         with fastpath.enabled(False):
@@ -50,6 +50,25 @@ def test_linear_residual_is_residual_plus_linear_and_leaves_the_residual_alone()
     assert torch.equal(residual, before)
     sliced = torch.randn(5, 9, 8, dtype=torch.float64)[:, 2:]  # a non-contiguous residual (motion frames dropped)
     assert_close(fused.linear_residual(lin, x, sliced), sliced + lin(x), atol=1e-12, rtol=1e-12)
+
+
+def test_geglu_in_two_gemms_equals_diffusers():
+    torch.manual_seed(4)
+    ff = FeedForward(12, activation_fn="geglu").double()
+    x = torch.randn(2, 9, 12, dtype=torch.float64)
+    assert_close(fused.geglu(ff.net[0], x), ff.net[0](x), atol=1e-12, rtol=1e-12)
+
+
+def test_linear_residual_writes_into_a_slice_of_a_larger_result():
+    torch.manual_seed(5)
+    lin = nn.Linear(6, 4).double()
+    x, residual = torch.randn(3, 5, 6, dtype=torch.float64), torch.randn(3, 5, 4, dtype=torch.float64)
+    whole = torch.full((5, 5, 4), float("nan"), dtype=torch.float64)
+    with torch.no_grad():  # the fused kernels run without autograd only (fused.active())
+        returned = fused.linear_residual(lin, x, residual, whole[2:])
+    assert returned.data_ptr() == whole[2:].data_ptr()
+    assert_close(whole[2:], residual + lin(x), atol=1e-12, rtol=1e-12)
+    assert torch.isnan(whole[:2]).all()  # nothing written outside its rows
 
 
 @pytest.mark.parametrize("keys", [3, 18, fused.SHORT_KEYS + 5])

@@ -6,6 +6,8 @@ Hallo / SD 1.5 layout so checkpoints load with an identity key map. Token layout
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 from diffusers.models.attention import FeedForward
@@ -23,27 +25,32 @@ def conv1x1_tokens(conv: nn.Conv2d, tokens: torch.Tensor) -> torch.Tensor:
 
 
 def attend(attn: Attention, hidden: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-           residual: torch.Tensor | None = None) -> torch.Tensor:
+           residual: torch.Tensor | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
     """diffusers' AttnProcessor2_0 on already projected keys/values (rows, T, inner): the same SDPA call.
-    With `residual`, returns residual + attention (added inside the output GEMM where fused.active())."""
+    With `residual`, returns residual + attention (added inside the output GEMM where fused.active(), written
+    into `out` when given: a contiguous slice of a larger result)."""
     rows, heads = hidden.shape[0], attn.heads
     q = attn.to_q(hidden)
     dim = q.shape[-1] // heads
     q, k, v = (t.reshape(rows, -1, heads, dim).transpose(1, 2) for t in (q, key, value))
     fast = fused.active()
-    out = (fused.sdpa if fast else F.scaled_dot_product_attention)(q, k, v)
-    out = out.transpose(1, 2).reshape(rows, -1, heads * dim).to(q.dtype)
+    attended = (fused.sdpa if fast else F.scaled_dot_product_attention)(q, k, v)
+    attended = attended.transpose(1, 2).reshape(rows, -1, heads * dim).to(q.dtype)
     if residual is not None and fast:
-        return fused.linear_residual(attn.to_out[0], out, residual)
-    out = attn.to_out[1](attn.to_out[0](out))
-    return out if residual is None else residual + out
+        return fused.linear_residual(attn.to_out[0], attended, residual, out)
+    attended = attn.to_out[1](attn.to_out[0](attended))
+    if residual is None:
+        return attended
+    return residual + attended if out is None else torch.add(residual, attended, out=out)
 
 
-def self_attention(attn: Attention, normed: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
-    """residual + attn(normed): through `attend` on the fast path, diffusers' processor otherwise."""
+def self_attention(attn: Attention, normed: torch.Tensor, residual: torch.Tensor,
+                   out: torch.Tensor | None = None) -> torch.Tensor:
+    """residual + attn(normed): through `attend` on the fast path (into `out` if given), diffusers' processor
+    otherwise."""
     if fused.active() and fused.can_fold(attn):
-        return attend(attn, normed, attn.to_k(normed), attn.to_v(normed), residual)
-    return residual + attn(normed)
+        return attend(attn, normed, attn.to_k(normed), attn.to_v(normed), residual, out)
+    return residual + attn(normed) if out is None else torch.add(residual, attn(normed), out=out)
 
 
 def _out_bias(attn: Attention, like: torch.Tensor) -> torch.Tensor:
@@ -114,8 +121,14 @@ class ReferenceTransformerBlock(nn.Module):
         rows = normed[plain:]
         if isinstance(reference, tuple):  # keys/values of the frame tokens, then of the reference tokens
             attn, (key, value) = self.attn1, reference
+            # Fused: both CFG halves write their rows of one result (leading-row slices stay contiguous).
+            out = torch.empty(x.shape, dtype=x.dtype, device=x.device) if plain and fused.active() else None
             with_ref = attend(attn, rows, torch.cat([attn.to_k(rows), key[plain:]], 1),
-                              torch.cat([attn.to_v(rows), value[plain:]], 1), x[plain:])
+                              torch.cat([attn.to_v(rows), value[plain:]], 1), x[plain:],
+                              None if out is None else out[plain:])
+            if out is not None:
+                self_attention(self.attn1, normed[:plain], x[:plain], out[:plain])
+                return out
         else:
             with_ref = x[plain:] + self.attn1(rows, encoder_hidden_states=torch.cat([rows, reference[plain:]], 1))
         return with_ref if plain == 0 else torch.cat([self_attention(self.attn1, normed[:plain], x[:plain]),
@@ -186,58 +199,124 @@ class AudioBlock(nn.Module):
     def cross_attentions(self) -> tuple[Attention, ...]:
         return (self.attn2,) if self.form == "single" else (self.attn2_0, self.attn2_1, self.attn2_2)
 
-    def project_audio(self, audio: torch.Tensor) -> tuple[tuple[torch.Tensor, torch.Tensor], ...]:
-        """(key, value) of each audio cross-attention for audio rows (rows, T, A): constant over a clip's steps."""
-        return tuple((attn.to_k(audio), attn.to_v(audio)) for attn in self.cross_attentions())
+    def project_audio(self, audio: torch.Tensor) -> AudioKV:
+        """Keys/values of each audio cross-attention for audio rows (rows, T, A), and the hierarchical form's
+        folded weights: constant over a clip's steps."""
+        pairs = tuple((attn.to_k(audio), attn.to_v(audio)) for attn in self.cross_attentions())
+        return AudioKV(pairs, self._fold() if self.form == "hierarchical" else None)
 
-    def forward(self, x, audio, masks, motion_scale, kv=None, plain: int = 0):
+    def forward(self, x, audio, masks, motion_scale, kv: AudioKV | None = None, plain: int = 0):
         """x: (rows, L, dim); audio: (rows, T, A); masks: (full, face, lip) each (rows, L) or None.
         kv: `project_audio` of the rows after the first `plain` ones, whose audio is all zeros (fastpath)."""
         x = self_attention(self.attn1, self.norm1(x), x)
         normed = self.norm2(x)
-        if kv is not None:
-            x = x + self._cached_cross(normed, kv, plain, masks, motion_scale)
+        if kv is not None and self.form == "single":
+            x = self._cached_single(normed, kv, plain, x)
+        elif kv is not None:
+            x = self._folded_hierarchical(normed, kv, plain, self._check_masks(masks), motion_scale, x)
         elif self.form == "single":
             x = x + self.attn2(normed, encoder_hidden_states=audio)
         else:
-            x = x + self._hierarchical(normed, audio, masks, motion_scale)
+            x = x + self._hierarchical(normed, audio, self._check_masks(masks), motion_scale)
         return feed_forward(self.ff, self.norm3, x)
 
-    def _hierarchical(self, normed, audio, masks, motion_scale):
+    @staticmethod
+    def _check_masks(masks):
         if masks is None:
             raise InvalidInputError("this checkpoint's audio attention is hierarchical (Hallo) and needs "
                                     "full/face/lip masks; none were given")
-        branches = ((self.attn2_0, self.zero_conv_full), (self.attn2_1, self.zero_conv_face),
-                    (self.attn2_2, self.zero_conv_lip))
+        return masks
+
+    def _branches(self) -> tuple[tuple[Attention, nn.Conv2d], ...]:
+        return ((self.attn2_0, self.zero_conv_full), (self.attn2_1, self.zero_conv_face),
+                (self.attn2_2, self.zero_conv_lip))
+
+    def _hierarchical(self, normed, audio, masks, motion_scale):
         total = 0
-        for i, ((attn, conv), mask) in enumerate(zip(branches, masks)):
+        for i, ((attn, conv), mask) in enumerate(zip(self._branches(), masks)):
             out = conv1x1_tokens(conv, attn(normed, encoder_hidden_states=audio) * mask[:, :, None])
             total = total + (out if motion_scale is None else motion_scale[i] * out)
         return total
 
-    def _cached_cross(self, normed, kv, plain: int, masks, motion_scale):
-        """The audio cross-attention from cached keys/values. Rows with all-zero audio have zero keys and values
-        (no bias), so their attention output is exactly the output projection's bias: not computed."""
-        outs = [(attend(attn, normed[plain:], k, v), _out_bias(attn, normed))
-                for attn, (k, v) in zip(self.cross_attentions(), kv)]
-        rows, tokens, dim = normed.shape
-        if self.form == "single":
-            out, bias = outs[0]
-            return torch.cat([bias.expand(plain, tokens, dim), out]) if plain else out
-        if masks is None:
-            raise InvalidInputError("this checkpoint's audio attention is hierarchical (Hallo) and needs "
-                                    "full/face/lip masks; none were given")
-        total = 0
-        convs = (self.zero_conv_full, self.zero_conv_face, self.zero_conv_lip)
-        for i, ((out, bias), conv, mask) in enumerate(zip(outs, convs, masks)):
-            weight = conv.weight.flatten(1)
-            out = F.linear(out * mask[plain:, :, None], weight, conv.bias)
-            if plain:  # conv(bias * m) = m * (W bias) + b per token: a rank-1 update instead of a matmul
-                const = F.linear(bias, weight)
-                uncond = mask[:plain, :, None] * const + (0 if conv.bias is None else conv.bias)
-                out = torch.cat([uncond.to(out.dtype), out])
-            total = total + (out if motion_scale is None else motion_scale[i] * out)
-        return total
+    # -- fast path: per-clip audio keys/values ----------------------------------------------------
+    # Rows with all-zero audio (the CFG unconditional half) have zero keys and values (no bias), so their
+    # attention output is exactly the output projection's bias: not computed.
+    def _cached_single(self, normed, kv: AudioKV, plain: int, x):
+        """x + the single audio cross-attention from cached keys/values."""
+        (key, value), = kv.pairs
+        with_audio = attend(self.attn2, normed[plain:], key, value, x[plain:])
+        return torch.cat([x[:plain] + _out_bias(self.attn2, normed), with_audio]) if plain else with_audio
+
+    def _folded_hierarchical(self, normed, kv: AudioKV, plain: int, masks, motion_scale, x):
+        """x + the three gated audio branches through HierarchicalFold: one GEMM for the three queries, one for
+        the three outputs (already through their convs, gated and summed), the constants as a rank-3 update."""
+        fold, (rows, tokens, dim) = kv.fold, normed.shape
+        scale = normed.new_ones(3) if motion_scale is None else motion_scale.to(normed.dtype)
+        gates = torch.stack([m.to(normed.dtype) for m in masks], -1) * scale  # (rows, L, 3): s_i m_i per token
+        out = (x + scale @ fold.bias).contiguous()
+        flat = out.view(-1, dim)
+        flat.addmm_(gates.reshape(-1, 3), fold.const)
+        cond = rows - plain
+        if cond == 0:
+            return out
+        heads = self.attn2_0.heads
+        queries = F.linear(normed[plain:], fold.query)  # (cond, L, 3 * inner)
+        inner = queries.shape[-1] // 3
+        split = lambda t: t.reshape(cond, -1, heads, inner // heads).transpose(1, 2)  # noqa: E731
+        attention = fused.sdpa if fused.active() else F.scaled_dot_product_attention
+        gated = normed.new_empty(cond, tokens, 3, inner)
+        for i, (key, value) in enumerate(kv.pairs):
+            attended = attention(split(queries[..., i * inner:(i + 1) * inner]), split(key), split(value))
+            gated[:, :, i] = attended.transpose(1, 2).reshape(cond, tokens, inner) * gates[plain:, :, i, None]
+        flat[plain * tokens:].addmm_(gated.view(-1, 3 * inner), fold.out.t())
+        return out
+
+    def _fold(self) -> HierarchicalFold:
+        """The composed weights (HierarchicalFold), kept while the weights are the same tensors, unmodified."""
+        params = [p for attn, conv in self._branches()
+                  for p in (attn.to_q.weight, attn.to_out[0].weight, attn.to_out[0].bias, conv.weight, conv.bias)]
+        key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params if p is not None)
+        held = self.__dict__.get("_fold_cache")
+        if held is None or held[0] != key:
+            with torch.no_grad():
+                held = (key, HierarchicalFold.compose(self._branches()))
+            self.__dict__["_fold_cache"] = held
+        return held[1]
+
+
+@dataclass
+class HierarchicalFold:
+    """Hallo's three audio branches with their output maps composed. Branch i, with attention output a_i, per-token
+    mask m_i and scale s_i, adds s_i * conv_i(m_i * to_out_i(a_i)) = s_i m_i * (a_i W_i^T + c_i) + s_i b_i, where
+    W_i = conv_i.W @ to_out_i.W, c_i = conv_i.W @ to_out_i.b and b_i = conv_i.b: linear maps compose and a per-token
+    scalar commutes with them. So [s_0 m_0 a_0, s_1 m_1 a_1, s_2 m_2 a_2] @ [W_0 W_1 W_2]^T, one GEMM, replaces
+    three output projections, three convs and their sum."""
+    query: torch.Tensor  # (3 * inner, dim): the three to_q weights stacked
+    out: torch.Tensor  # (dim, 3 * inner): W_0 W_1 W_2 side by side
+    const: torch.Tensor  # (3, dim): c_i
+    bias: torch.Tensor  # (3, dim): b_i
+
+    @classmethod
+    def compose(cls, branches) -> HierarchicalFold:
+        dtype = branches[0][0].to_q.weight.dtype
+        wide = torch.promote_types(dtype, torch.float32)  # composed in at least float32, stored in the weights'
+        outs, consts, biases = [], [], []
+        for attn, conv in branches:
+            w_conv, proj = conv.weight.flatten(1).to(wide), attn.to_out[0]
+            outs.append(w_conv @ proj.weight.to(wide))
+            consts.append(w_conv @ proj.bias.to(wide) if proj.bias is not None else w_conv.new_zeros(len(w_conv)))
+            biases.append(conv.bias.to(wide) if conv.bias is not None else w_conv.new_zeros(len(w_conv)))
+        return cls(query=torch.cat([attn.to_q.weight for attn, _ in branches]),
+                   out=torch.cat(outs, 1).to(dtype), const=torch.stack(consts).to(dtype),
+                   bias=torch.stack(biases).to(dtype))
+
+
+@dataclass
+class AudioKV:
+    """One audio block's per-clip cache: each cross-attention's (key, value) of the conditional audio rows
+    (rows, T, inner), and for the hierarchical form the folded weights."""
+    pairs: tuple[tuple[torch.Tensor, torch.Tensor], ...]
+    fold: HierarchicalFold | None = None
 
 
 class AudioModule(nn.Module):

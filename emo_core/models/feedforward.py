@@ -13,6 +13,7 @@ the element-wise work itself.
 from __future__ import annotations
 
 import torch
+from diffusers.models.activations import GEGLU
 from torch import nn
 
 from .. import fastpath
@@ -36,12 +37,17 @@ def feed_forward(ff: nn.Module, norm: nn.Module, x: torch.Tensor) -> torch.Tenso
         return x + ff(norm(x))
     if not rows:
         return _residual(ff, norm, x)
-    return torch.cat([_residual(ff, norm, part) for part in flat.split(rows)]).view(x.shape)
+    out = torch.empty(flat.shape, dtype=flat.dtype, device=flat.device)  # each chunk writes its rows in place
+    for start in range(0, flat.shape[0], rows):
+        _residual(ff, norm, flat[start:start + rows], out[start:start + rows])
+    return out.view(x.shape)
 
 
-def _residual(ff: nn.Module, norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """x + ff(norm(x)); with the fused kernels the add happens inside the output projection's GEMM."""
+def _residual(ff: nn.Module, norm: nn.Module, x: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """x + ff(norm(x)), into `out` if given; with the fused kernels the add happens inside the output
+    projection's GEMM and the GEGLU runs in place (models.fused)."""
     net = ff.net  # diffusers FeedForward: [GEGLU, Dropout, Linear] (+ Dropout if final_dropout)
     if fused.active() and len(net) == 3 and isinstance(net[2], nn.Linear):
-        return fused.linear_residual(net[2], net[0](norm(x)), x)
-    return x + ff(norm(x))
+        hidden = fused.geglu(net[0], norm(x)) if type(net[0]) is GEGLU else net[0](norm(x))
+        return fused.linear_residual(net[2], hidden, x, out)
+    return x + ff(norm(x)) if out is None else torch.add(x, ff(norm(x)), out=out)
