@@ -26,6 +26,16 @@ PIXELS = 96  # latent 12x12; at 8x8 the lowest level is 1x1, where CPU GroupNorm
 FRAMES = NET.clip_length + NET.motion_frames + 2
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _plain_cpu_kernels():
+    """oneDNN off for this module: at these toy sizes its kernels cost ~5x torch's own on the CPU and ~20 s of
+    set-up per new shape (measured: first stage-1 backward 19 s vs 2 s), which would dominate the suite."""
+    before = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False
+    yield
+    torch.backends.mkldnn.enabled = before
+
+
 def _dataset(count=4, **kw):
     layers, hidden = data_shape(NET)
     return ListDataset(tiny_samples(count, FRAMES, PIXELS, layers, hidden, **kw))
@@ -173,6 +183,8 @@ def _free_port() -> int:
 
 LAUNCH = """
 import sys
+import torch
+torch.backends.mkldnn.enabled = False  # as the in-process run (_plain_cpu_kernels)
 sys.path.insert(0, {tests!r})
 from test_train import DDP_SETTINGS, _config, _dataset
 from emo_core.train.trainer import train
@@ -258,3 +270,57 @@ def test_hallo_shortcut_trains_speed_on_a_hallo_checkpoint(parity_checkpoint, tm
             continue
         assert torch.equal(value, before[key]), key  # everything but the speed layers is Hallo's, untouched
     assert any(float(v.abs().sum()) > 0 for k, v in after.items() if k.endswith("speed.attn.to_out.0.weight"))
+
+
+@pytest.mark.parametrize("stage", ["stage1", "stage2"])
+def test_a_stage_moves_only_its_groups(stage, tmp_path):
+    """Stage 1 encodes frames itself (no precomputed latents, the `vae = "none"` stand-in) with gradient
+    checkpointing on; stage 2 reads latents. The frozen groups come out bit-identical."""
+    from emo_core.checkpoint import load_network
+    from emo_core.train.trainer import build_network, train
+    cfg = _config(tmp_path, stage=stage, max_steps=1, vae="none", gradient_checkpointing=stage == "stage1")
+    start = build_network(cfg).state_dict()
+    result = train(cfg, _dataset(latents=stage != "stage1"), str(tmp_path / "out"))
+    after = load_network(result.model).state_dict()
+    moved = {stages.parameter_group(k) for k in after if not torch.equal(after[k], start[k])}
+    assert moved and moved <= set(STAGE_GROUPS[stage])
+
+
+def test_gradient_checkpointing_gives_the_same_gradients():
+    from emo_core.train.batches import build_batch
+    from emo_core.train.objective import DiffusionObjective
+    from emo_core.train.trainer import _batch_spec
+    cfg = load_config(None, dict(clip_frames=NET.clip_length, motion_frames=NET.motion_frames), stage="stage2")
+    data = _dataset()
+    torch.manual_seed(0)
+    net = EmoNet(NET)
+    stages.select_trainable(net, ("temporal", "audio", "backbone"))
+    batch = build_batch([data[0], data[1]], [0, 1], _batch_spec(cfg, net), NET)
+    grads = []
+    for on in (False, True):
+        net.zero_grad()
+        net.denoising_unet.gradient_checkpointing = on
+        DiffusionObjective(net)(batch).backward()
+        grads.append([p.grad.clone() for p in net.parameters() if p.grad is not None])
+    assert len(grads[0]) == len(grads[1]) > 0
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(*grads))
+
+
+def test_cli_trains_from_prepared_shards(tmp_path):
+    from emo_core.checkpoint import load_network
+    from emo_core.train.shards import ShardWriter
+    from emo_core.train.train_cli import main
+    data = tmp_path / "data"
+    data.mkdir()
+    with ShardWriter(data / "shard-000000.tar") as writer:
+        for sample in _dataset(count=2):
+            writer.write(sample)
+    net_json = write_network_config(NET, tmp_path / "net.json")
+    code = main(["--config", "stage3", "--data", str(data), "--out", str(tmp_path / "out"), f"network='{net_json}'",
+                 "batch_size=2", "max_steps=1", f"clip_frames={NET.clip_length}",
+                 f"motion_frames={NET.motion_frames}", "mixed_precision='no'", "num_workers=0", "sample_every=1",
+                 "sample_steps=1", "ema=false", "gradient_checkpointing=false"])
+    assert code == 0
+    assert load_network(str(tmp_path / "out" / "emo_stage3.safetensors")).config == NET
+    assert list((tmp_path / "out" / "samples").glob("step-*.png"))
+    assert main(["--config", "stage3", "--data", str(data), "--out", str(tmp_path / "bad"), "lr=1"]) == 2

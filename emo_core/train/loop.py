@@ -65,7 +65,7 @@ def run_loop(cfg, accelerator, model, optimizer, scheduler, ema, state, dataset,
             value = float(torch.stack(running).mean())
             running = []
             losses[state.step] = value
-            _report(cfg, accelerator, state.step, value, scheduler, bar, out, LOSS_FILE)
+            _report(cfg, accelerator, state.step, value, scheduler, bar, out, LOSS_FILE, time.perf_counter() - started)
             if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0 and state.step < cfg.max_steps:
                 save_checkpoint(cfg, accelerator, state, out)
             if cfg.sample_every and state.step % cfg.sample_every == 0 and accelerator.is_main_process:
@@ -78,13 +78,16 @@ def run_loop(cfg, accelerator, model, optimizer, scheduler, ema, state, dataset,
     return losses
 
 
-def _report(cfg, accelerator, step: int, loss: float, scheduler, bar, out: str, loss_file: str) -> None:
+def _report(cfg, accelerator, step: int, loss: float, scheduler, bar, out: str, loss_file: str,
+            seconds: float) -> None:
+    """Progress bar, the loss file (one JSON line per step: step, loss, seconds since this run's loop began) and
+    TensorBoard scalars every `log_every` steps."""
     bar.update(1)
     bar.set_postfix(loss=f"{loss:.4f}")
     if not accelerator.is_main_process:
         return
     with open(os.path.join(out, loss_file), "a", encoding="utf-8") as f:
-        f.write(json.dumps({"step": step, "loss": loss}) + "\n")
+        f.write(json.dumps({"step": step, "loss": loss, "seconds": round(seconds, 4)}) + "\n")
     if cfg.log_every and step % cfg.log_every == 0:
         accelerator.log({"train/loss": loss, "train/lr": scheduler.get_last_lr()[0]}, step=step)
         log.debug("step %d loss %.5f", step, loss)

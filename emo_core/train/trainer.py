@@ -53,7 +53,9 @@ class TrainResult:
 
 
 def build_network(cfg: TrainConfig) -> EmoNet:
-    """The stage's starting network (see stages.py for the key maps)."""
+    """The stage's starting network (see stages.py for the key maps); random parts seeded by `cfg.seed`, so every
+    process starts from the same weights."""
+    torch.manual_seed(cfg.seed)
     if cfg.stage == "hallo_speed":
         return stages.hallo_speed_network(cfg.init_from)
     if cfg.init_from:
@@ -130,7 +132,6 @@ def train(cfg: TrainConfig, dataset, out: str, resume: bool = False) -> TrainRes
     from .loop import run_loop
     cfg.check_runnable()
     accelerator = _accelerator(cfg, out)
-    torch.manual_seed(cfg.seed)  # the same random start on every process (DDP also broadcasts it)
     net = build_network(cfg)
     trainable = stages.select_trainable(net, cfg.groups())
     if cfg.gradient_checkpointing:
