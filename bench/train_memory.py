@@ -1,8 +1,10 @@
 """Memory per GPU for training the full-size EMO network at 512 px, one sample per GPU per micro step.
 
 Parameters, gradients, Adam states and EMA are counted from the meta-device model's parameter counts per stage.
-Activations are measured on the meta device (shapes only, no memory used): the bytes of every tensor autograd
-saves for the backward pass of one training forward, with gradient checkpointing off and on, the network in
+Activations are measured on the meta device (shapes only, no memory used): the bytes of every buffer autograd
+saves for the backward pass of one training forward (each buffer once, weights excluded; attention saved as a
+GPU flash kernel saves it), with gradient checkpointing off and on (on: the checkpointed blocks' kept inputs plus
+the largest single block, which the backward recomputes one at a time), the network in
 float32 and in bfloat16 (bf16 stands in for autocast: Accelerate's bf16 keeps fp32 master weights, so weights,
 gradients and Adam stay fp32 in the table). Not counted: the allocator's fragmentation, temporaries of a single
 op, CUDA context (~0.5 GiB) and the VAE (latents precomputed by emo-prepare).
@@ -78,8 +80,12 @@ def saved_bytes(model, batch) -> tuple[int, int]:
                 hooks += _label(block, f"{prefix}.{name}.{i}", current)
         hooks += _label(unet.mid_block, f"{prefix}.mid", current)
 
+    weights = {p.untyped_storage()._cdata for p in net.parameters()}
+
     def pack(t):
-        seen[id(t)] = (current[0], t.numel() * t.element_size())
+        storage = t.untyped_storage()  # views of one buffer share it: counted once, weights not at all
+        if storage._cdata not in weights and storage._cdata not in seen:
+            seen[storage._cdata] = (current[0], storage.nbytes())
         return t
 
     sdpa = torch.nn.functional.scaled_dot_product_attention

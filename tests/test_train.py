@@ -18,7 +18,7 @@ from conftest import ROOT, load_pack, parity_dir, shared_file, tiny_emo_config
 from emo_core.config import EmoNetConfig
 from emo_core.network import EmoNet
 from emo_core.train import stages
-from emo_core.train.config import STAGE_GROUPS, STAGES, TrainConfig, load_config
+from emo_core.train.config import STAGE_GROUPS, STAGES, TrainConfig, load_config, parse_override
 from train_helpers import ListDataset, data_shape, read_losses, tiny_samples, write_network_config
 
 NET = tiny_emo_config(clip_length=4, motion_frames=2)
@@ -69,6 +69,14 @@ def test_bad_config_values_say_which_field(tmp_path):
         _config(tmp_path, lr=1)
     with pytest.raises(InvalidConfigError, match="init_from"):
         load_config(None, stage="hallo_speed").check_runnable()
+    with pytest.raises(InvalidConfigError, match="key=value"):
+        parse_override("learning_rate")
+
+
+def test_overrides_read_toml_values_and_plain_paths():
+    assert parse_override("learning_rate=2e-5") == ("learning_rate", 2e-5)
+    assert parse_override("trainable=['speed', 'temporal']") == ("trainable", ["speed", "temporal"])
+    assert parse_override("init_from=runs/s2/emo_stage2.safetensors") == ("init_from", "runs/s2/emo_stage2.safetensors")
 
 
 @pytest.mark.parametrize("stage", ["stage1", "stage2", "stage3"])
