@@ -332,3 +332,12 @@ def test_cli_trains_from_prepared_shards(tmp_path):
     assert load_network(str(tmp_path / "out" / "emo_stage3.safetensors")).config == NET
     assert list((tmp_path / "out" / "samples").glob("step-*.png"))
     assert main(["--config", "stage3", "--data", str(data), "--out", str(tmp_path / "bad"), "lr=1"]) == 2
+
+
+def test_bf16_mixed_precision_runs_under_autocast(tmp_path, full_run):
+    """Accelerate's bf16 on the CPU: the loss is computed under autocast (close to, not equal to, fp32)."""
+    from emo_core.train.trainer import train
+    cfg, _, out = full_run
+    result = train(dataclasses.replace(cfg, mixed_precision="bf16", max_steps=1), _dataset(), str(tmp_path / "out"))
+    fp32 = read_losses(out)[1]
+    assert result.losses[1] != fp32 and abs(result.losses[1] - fp32) < 0.05 * fp32

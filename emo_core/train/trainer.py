@@ -159,7 +159,17 @@ def train(cfg: TrainConfig, dataset, out: str, resume: bool = False) -> TrainRes
                       encode, out)
     result = _finish(cfg, accelerator, model, ema, state, out, losses)
     accelerator.end_training()
+    _forget_accelerator_settings()
     return result
+
+
+def _forget_accelerator_settings() -> None:
+    """Accelerate keeps one process-wide AcceleratorState and refuses a second Accelerator with other settings
+    (precision, accumulation); a later train() call in the same process (Python API, tests) needs them gone.
+    The process group (PartialState) stays. Private API, as accelerate's own tests use it."""
+    from accelerate.state import AcceleratorState, GradientState
+    AcceleratorState._reset_state()
+    GradientState._reset_state()
 
 
 def _resume(accelerator, out: str) -> None:
