@@ -341,3 +341,12 @@ def test_bf16_mixed_precision_runs_under_autocast(tmp_path, full_run):
     result = train(dataclasses.replace(cfg, mixed_precision="bf16", max_steps=1), _dataset(), str(tmp_path / "out"))
     fp32 = read_losses(out)[1]
     assert result.losses[1] != fp32 and abs(result.losses[1] - fp32) < 0.05 * fp32
+
+
+def test_gradient_accumulation_equals_the_whole_batch_at_once(tmp_path):
+    from emo_core.train.trainer import train
+    whole = train(_config(tmp_path, **DDP_SETTINGS), _dataset(), str(tmp_path / "whole"))
+    halves = train(_config(tmp_path, gradient_accumulation_steps=2, **DDP_SETTINGS), _dataset(),
+                   str(tmp_path / "halves"))
+    assert all(abs(halves.losses[s] - whole.losses[s]) <= 1e-6 for s in whole.losses)
+    assert _assert_same_weights(halves.model, whole.model, 1e-6) > 0
