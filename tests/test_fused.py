@@ -91,3 +91,30 @@ def test_fused_attention_equals_diffusers_and_stays_off_for_training():
     assert_close(fast, plain, atol=1e-12, rtol=1e-12)
     assert not fused.active()  # autograd on: the plain modules run (dropout, training)
     assert_close(self_attention(attn, norm(x), x), x + attn(norm(x)))
+
+
+@pytest.mark.parametrize("size", [(1, 1), (2, 3), (5, 4)])
+def test_upsample_conv_by_parity_equals_diffusers_upsample(size):
+    """Nearest 2x then 3x3 conv == four 2x2 convs of the small input, interleaved (any size, borders included)."""
+    from diffusers.models.resnet import Upsample2D
+
+    torch.manual_seed(6)
+    up = Upsample2D(6, use_conv=True, out_channels=5).double()
+    x = torch.randn(3, 6, *size, dtype=torch.float64)
+    with torch.no_grad():
+        assert fused.can_upsample_conv(up, x, None)
+        assert fused.can_upsample_conv(up, x, (2 * size[0], 2 * size[1]))
+        assert not fused.can_upsample_conv(up, x, (2 * size[0] + 1, 2 * size[1]))  # odd target: diffusers' path
+        assert_close(fused.upsample_conv(up, x), up(x), atol=1e-12, rtol=1e-12)
+
+
+def test_derived_weights_are_rebuilt_when_the_weights_change():
+    from diffusers.models.resnet import Upsample2D
+
+    torch.manual_seed(7)
+    up = Upsample2D(4, use_conv=True, out_channels=4).double()
+    x = torch.randn(2, 4, 3, 3, dtype=torch.float64)
+    with torch.no_grad():
+        fused.upsample_conv(up, x)
+        up.conv.weight.mul_(2.0)  # an optimiser step or a load writes in place: the cached kernels must follow
+        assert_close(fused.upsample_conv(up, x), up(x), atol=1e-12, rtol=1e-12)

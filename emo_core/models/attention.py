@@ -272,16 +272,10 @@ class AudioBlock(nn.Module):
         return out
 
     def _fold(self) -> HierarchicalFold:
-        """The composed weights (HierarchicalFold), kept while the weights are the same tensors, unmodified."""
+        """The composed weights (HierarchicalFold), kept while the weights stay the same (fused.derived)."""
         params = [p for attn, conv in self._branches()
                   for p in (attn.to_q.weight, attn.to_out[0].weight, attn.to_out[0].bias, conv.weight, conv.bias)]
-        key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params if p is not None)
-        held = self.__dict__.get("_fold_cache")
-        if held is None or held[0] != key:
-            with torch.no_grad():
-                held = (key, HierarchicalFold.compose(self._branches()))
-            self.__dict__["_fold_cache"] = held
-        return held[1]
+        return fused.derived(self, "_emo_fold", params, lambda: HierarchicalFold.compose(self._branches()))
 
 
 @dataclass

@@ -15,6 +15,7 @@ from einops import rearrange
 from torch import nn
 
 from ..config import EmoNetConfig
+from . import fused
 from .attention import AudioModule, SpatialTransformer
 from .conditions import LayerInputs
 from .motion import MotionModule
@@ -149,5 +150,7 @@ class UpBlock(_LayerStack):
             x = torch.cat([x, skips.pop()], dim=1)
             x = self._after_resnet(j, unflat(resnet(flat(x), temb), inputs.frames), inputs)
         if self.upsamplers is not None:
-            x = unflat(self.upsamplers[0](flat(x), output_size=size), inputs.frames)
+            up, x = self.upsamplers[0], flat(x)
+            x = fused.upsample_conv(up, x) if fused.can_upsample_conv(up, x, size) else up(x, output_size=size)
+            x = unflat(x, inputs.frames)
         return x
