@@ -33,12 +33,17 @@ class DiffusionObjective(nn.Module):
         return a.sqrt() * clean + (1 - a).sqrt() * noise
 
     def forward(self, batch: StageBatch) -> torch.Tensor:
+        out, batch = self.predict(batch)
+        # The output covers the f current frames only: motion frames enter through ReferenceNet, never the loss.
+        return F.mse_loss(out.float(), batch.noise.float())
+
+    def predict(self, batch: StageBatch) -> tuple[torch.Tensor, StageBatch]:
+        """(predicted noise (b, 4, F, h, w), the batch in the row order it was computed in: reference-dropped
+        samples first, see _dropped_first; `batch.index` names each row's sample)."""
         batch = _dropped_first(batch)
         noisy = self.add_noise(batch.target, batch.noise, batch.timesteps)
         cond = self.conditions(batch)
-        out = self.net.denoising_unet(noisy, batch.timesteps, EmoNet.plain_conditions(cond))
-        # The output covers the f current frames only: motion frames enter through ReferenceNet, never the loss.
-        return F.mse_loss(out.float(), batch.noise.float())
+        return self.net.denoising_unet(noisy, batch.timesteps, EmoNet.plain_conditions(cond)), batch
 
     def conditions(self, batch: StageBatch) -> ClipConditions:
         net, cfg = self.net, self.net.config

@@ -196,20 +196,78 @@ def _mouths(still: torch.Tensor, settings: SyntheticSettings, model_dirs) -> lis
 
 
 def generate_dataset(out_dir: str | os.PathLike, image: str | os.PathLike, count: int,
-                     settings: SyntheticSettings, model_dirs: Sequence[str | os.PathLike] = ()) -> list[Path]:
-    """`count` videos `talk_000.mp4`, ... of `settings.kind` in `out_dir`, seeds settings.seed + i."""
+                     settings: SyntheticSettings, model_dirs: Sequence[str | os.PathLike] = (),
+                     max_rolls: Sequence[float] = ()) -> list[Path]:
+    """`count` videos `<kind>_000.mp4`, ... of `settings.kind` in `out_dir`, seeds settings.seed + i.
+
+    max_rolls: video i turns up to max_rolls[i % len(max_rolls)] rad (default: settings.max_roll), e.g. (0, 1.5)
+    alternates still and fast heads, so that head speed tells clips apart (the training proof needs that)."""
     if count < 1:
         raise InvalidInputError(f"count must be >= 1, got {count}")
+    rolls = tuple(max_rolls) or (settings.max_roll,)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
     for i in range(count):
         path = out / f"{settings.kind}_{i:03d}.mp4"
-        generate_video(path, image, _replace(settings, seed=settings.seed + i), model_dirs)
+        generate_video(path, image, _replace(settings, seed=settings.seed + i, max_roll=rolls[i % len(rolls)]),
+                       model_dirs)
         paths.append(path)
     return paths
+
+
+def _parser():
+    import argparse
+    d = SyntheticSettings()
+    p = argparse.ArgumentParser(prog="python -m emo_core.train.synthetic",
+                                description="Synthetic talking-head videos with known head speed (test data).")
+    p.add_argument("--out", required=True, help="output folder for <kind>_NNN.mp4 and their .json truth files")
+    p.add_argument("--videos", type=int, required=True, help="number of videos")
+    p.add_argument("--portrait", required=True, help="image showing one face (e.g. portrait_astronaut_512.png)")
+    p.add_argument("--seconds", type=float, default=d.duration, help="duration of each video")
+    p.add_argument("--fps", type=float, default=d.fps, help="frame rate")
+    p.add_argument("--size", type=int, default=d.size, help="square frame side in pixels (even, >= 32)")
+    p.add_argument("--seed", type=int, default=d.seed, help="seed of the first video; video i uses seed + i")
+    p.add_argument("--kind", default=d.kind, choices=KINDS, help="talking, or one of the edge cases")
+    p.add_argument("--max-roll", default=str(d.max_roll),
+                   help="largest roll angle in rad; a comma list (0,1.5) cycles over the videos")
+    p.add_argument("--mediapipe-models", default=None,
+                   help="folder with MediaPipe's face detector (default: EMO_MEDIAPIPE_MODELS)")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The generator as a command; exit status 0, or 2 with one sentence on bad input."""
+    import sys
+
+    from ..errors import EmoError
+    from ..face_models import model_search_dirs
+
+    args = _parser().parse_args(argv)
+    try:
+        rolls = [float(r) for r in args.max_roll.split(",")]
+    except ValueError:
+        print(f"synthetic: --max-roll must be numbers separated by commas, got {args.max_roll!r}", file=sys.stderr)
+        return 2
+    try:
+        settings = SyntheticSettings(duration=args.seconds, fps=args.fps, size=args.size, kind=args.kind,
+                                     seed=args.seed).validate()
+        for roll in rolls:
+            _replace(settings, max_roll=roll).validate()
+        dirs = [] if args.kind == "noface" else [str(d) for d in model_search_dirs(args.mediapipe_models)]
+        paths = generate_dataset(args.out, args.portrait, args.videos, settings, dirs, rolls)
+    except EmoError as err:
+        print(f"synthetic: {err}", file=sys.stderr)
+        return 2
+    print(f"{len(paths)} synthetic {args.kind} videos in {args.out}")
+    return 0
 
 
 def _replace(settings: SyntheticSettings, **changes) -> SyntheticSettings:
     from dataclasses import replace
     return replace(settings, **changes)
+
+
+if __name__ == "__main__":
+    import sys
+    sys.exit(main())
