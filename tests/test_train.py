@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 import socket
 import subprocess
 import sys
@@ -14,12 +13,13 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import ROOT, load_pack, parity_dir, shared_file, tiny_emo_config
+from conftest import ROOT, parity_dir, shared_file, tiny_emo_config
 from emo_core.config import EmoNetConfig
 from emo_core.network import EmoNet
 from emo_core.train import stages
 from emo_core.train.config import STAGE_GROUPS, STAGES, TrainConfig, load_config, parse_override
-from train_helpers import ListDataset, data_shape, read_losses, tiny_samples, write_network_config
+from train_helpers import (ListDataset, data_shape, load_in_loader_node, read_losses, tiny_samples,
+                           write_network_config)
 
 NET = tiny_emo_config(clip_length=4, motion_frames=2)
 PIXELS = 96  # latent 12x12; at 8x8 the lowest level is 1x1, where CPU GroupNorm backward crashes
@@ -229,14 +229,7 @@ def test_two_processes_equal_one_with_the_same_global_batch(tmp_path):
 
 def test_stage_output_loads_in_the_loader_node_with_speed(full_run, tmp_path, monkeypatch):
     _, result, _ = full_run
-    (tmp_path / "emo").mkdir()
-    shutil.copy(result.model, tmp_path / "emo" / "trained.safetensors")
-    monkeypatch.setenv("EMO_MODELS_DIR", str(tmp_path))
-    loader = load_pack().NODE_CLASS_MAPPINGS["EMO_ModelLoader"]
-    out = loader().load(model_name="trained.safetensors", precision="fp32")
-    model, info = out["result"][0], out["ui"]["emo_model"][0]
-    assert info["speed"] is True and model.config.speed is not None
-    assert (info["clip_length"], info["motion_frames"]) == (NET.clip_length, NET.motion_frames)
+    load_in_loader_node(result.model, tmp_path, monkeypatch, NET)
 
 
 def test_trained_speed_layers_change_the_sampler_output(full_run):

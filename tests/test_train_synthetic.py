@@ -11,14 +11,13 @@ layers stay unused (measured: +0.05 %)."""
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import load_pack, shared_file, tiny_emo_config_for_fixture_audio
-from train_helpers import write_network_config
+from conftest import shared_file, tiny_emo_config_for_fixture_audio
+from train_helpers import load_in_loader_node, write_network_config
 
 NET = tiny_emo_config_for_fixture_audio(clip_length=4, motion_frames=2)
 ROLLS = "0,1.5"  # still, fast, still, ... (rad)
@@ -122,14 +121,7 @@ def test_trained_file_loads_and_its_speed_layers_change_the_sample(prepared, tra
     from emo_core.train.batches import pool_encoder
     from emo_core.train.previews import preview_conditions
 
-    (tmp_path / "emo").mkdir()
-    shutil.copy(trained, tmp_path / "emo" / "synthetic_stage3.safetensors")
-    monkeypatch.setenv("EMO_MODELS_DIR", str(tmp_path))
-    loader = load_pack().NODE_CLASS_MAPPINGS["EMO_ModelLoader"]
-    out = loader().load(model_name="synthetic_stage3.safetensors", precision="fp32")
-    model, info = out["result"][0], out["ui"]["emo_model"][0]
-    assert info["speed"] is True and model.config.speed is not None
-    assert (info["clip_length"], info["motion_frames"]) == (NET.clip_length, NET.motion_frames)
+    model, _ = load_in_loader_node(trained, tmp_path, monkeypatch, NET)
     net = model.net  # the network the node hands to EMO Sampler
     video = preview_conditions(net, _held_out(prepared)[0], NET.clip_length, pool_encoder)
     outs = []

@@ -54,3 +54,21 @@ def data_shape(config) -> tuple[int, int]:
 def read_losses(out: Path) -> dict[int, float]:
     lines = (out / "loss.jsonl").read_text().splitlines()
     return {json.loads(x)["step"]: json.loads(x)["loss"] for x in lines}
+
+
+def load_in_loader_node(trained: Path, models_root: Path, monkeypatch, config):
+    """A trained file through EMO Model Loader as an artist would get it (copied into models/emo) ->
+    (EMO_MODEL handle, the node's info), checked to report speed layers and `config`'s clip settings."""
+    import shutil
+
+    from conftest import load_pack
+
+    (models_root / "emo").mkdir(exist_ok=True)
+    shutil.copy(trained, models_root / "emo" / "trained.safetensors")
+    monkeypatch.setenv("EMO_MODELS_DIR", str(models_root))
+    loader = load_pack().NODE_CLASS_MAPPINGS["EMO_ModelLoader"]
+    out = loader().load(model_name="trained.safetensors", precision="fp32")
+    model, info = out["result"][0], out["ui"]["emo_model"][0]
+    assert info["speed"] is True and model.config.speed is not None
+    assert (info["clip_length"], info["motion_frames"]) == (config.clip_length, config.motion_frames)
+    return model, info

@@ -13,6 +13,7 @@ import logging
 import sys
 
 from ..errors import EmoError
+from .console import log_to_stderr
 from .prepare import PrepareSettings
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     from .prepare_run import list_videos, run_prepare
 
     args = build_parser().parse_args(argv)
-    _log_to_stderr(args.verbose)
+    log_to_stderr(logging.INFO if args.verbose else logging.WARNING, "%(message)s", "emo-prepare")
     settings = PrepareSettings(size=args.size, fps=args.fps, segment_frames=args.segment_frames,
                                shard_samples=args.shard_samples, expand_ratio=args.expand_ratio)
     try:
@@ -57,17 +58,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{totals['prepared']} of {totals['videos']} videos prepared ({totals['segments']} segments in "
           f"{totals['shards']} shards); skipped: {totals['skipped'] or 'none'}")
     return 0
-
-
-def _log_to_stderr(verbose: bool) -> None:
-    """Progress of the emo_core loggers on stderr, as emo-render does (a handler on the package, not root)."""
-    package = logging.getLogger("emo_core")
-    if not any(getattr(h, "_emo_prepare", False) for h in package.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        handler._emo_prepare = True
-        package.addHandler(handler)
-    package.setLevel(logging.INFO if verbose else logging.WARNING)
 
 
 if __name__ == "__main__":

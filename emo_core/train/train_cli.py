@@ -16,6 +16,7 @@ import sys
 
 from ..errors import EmoError
 from .config import STAGES, load_config, parse_override
+from .console import log_to_stderr
 
 log = logging.getLogger(__name__)
 
@@ -30,20 +31,9 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _log_to_stderr() -> None:
-    """The command's own handler on the package logger (as emo-models does): INFO and up to stderr."""
-    package = logging.getLogger("emo_core")
-    if not any(getattr(h, "emo_train", False) for h in package.handlers):
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
-        handler.emo_train = True
-        package.addHandler(handler)
-    package.setLevel(logging.INFO)
-
-
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    _log_to_stderr()
+    log_to_stderr(logging.INFO, "%(asctime)s %(levelname)s %(name)s: %(message)s", "emo-train")
     try:
         from .shards import ShardDataset, shard_paths
         from .trainer import train
