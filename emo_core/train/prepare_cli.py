@@ -52,11 +52,11 @@ def main(argv: list[str] | None = None) -> int:
                                model_dirs=[str(d) for d in model_search_dirs(args.mediapipe_models)],
                                vae=args.vae, workers=args.workers)
     except EmoError as err:
-        print(f"emo-prepare: {err}", file=sys.stderr)
+        sys.stderr.write(f"emo-prepare: {err}\n")
         return 2
     totals = manifest["totals"]
-    print(f"{totals['prepared']} of {totals['videos']} videos prepared ({totals['segments']} segments in "
-          f"{totals['shards']} shards); skipped: {totals['skipped'] or 'none'}")
+    sys.stdout.write(f"{totals['prepared']} of {totals['videos']} videos prepared ({totals['segments']} segments "
+                     f"in {totals['shards']} shards); skipped: {totals['skipped'] or 'none'}\n")
     return 0
 
 

@@ -247,7 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         rolls = [float(r) for r in args.max_roll.split(",")]
     except ValueError:
-        print(f"synthetic: --max-roll must be numbers separated by commas, got {args.max_roll!r}", file=sys.stderr)
+        sys.stderr.write(f"synthetic: --max-roll must be numbers separated by commas, got {args.max_roll!r}\n")
         return 2
     try:
         settings = SyntheticSettings(duration=args.seconds, fps=args.fps, size=args.size, kind=args.kind,
@@ -257,9 +257,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         dirs = [] if args.kind == "noface" else [str(d) for d in model_search_dirs(args.mediapipe_models)]
         paths = generate_dataset(args.out, args.portrait, args.videos, settings, dirs, rolls)
     except EmoError as err:
-        print(f"synthetic: {err}", file=sys.stderr)
+        sys.stderr.write(f"synthetic: {err}\n")
         return 2
-    print(f"{len(paths)} synthetic {args.kind} videos in {args.out}")
+    sys.stdout.write(f"{len(paths)} synthetic {args.kind} videos in {args.out}\n")
     return 0
 
 
