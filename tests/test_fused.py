@@ -118,3 +118,15 @@ def test_derived_weights_are_rebuilt_when_the_weights_change():
         fused.upsample_conv(up, x)
         up.conv.weight.mul_(2.0)  # an optimiser step or a load writes in place: the cached kernels must follow
         assert_close(fused.upsample_conv(up, x), up(x), atol=1e-12, rtol=1e-12)
+
+
+def test_derived_weights_work_on_inference_tensors():
+    """ComfyUI creates and runs models under torch.inference_mode: their weights have no version counter."""
+    from diffusers.models.resnet import Upsample2D
+
+    torch.manual_seed(8)
+    with torch.inference_mode():
+        up = Upsample2D(4, use_conv=True, out_channels=4).double()
+        x = torch.randn(2, 4, 3, 3, dtype=torch.float64)
+        assert fused.can_upsample_conv(up, x, None)
+        assert_close(fused.upsample_conv(up, x), up(x), atol=1e-12, rtol=1e-12)

@@ -71,13 +71,22 @@ def can_fold(attn) -> bool:
 def derived(module: nn.Module, name: str, params, build):
     """build(), kept on `module` while `params` are the same tensors, unmodified (data pointer and version
     counter): weights composed once and reused by every step, rebuilt after a load, an optimiser step or a move."""
-    key = tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in params if p is not None)
+    key = tuple((p.data_ptr(), _version(p), p.dtype, p.device) for p in params if p is not None)
     held = module.__dict__.get(name)
     if held is None or held[0] != key:
         with torch.no_grad():
             held = (key, build())
         module.__dict__[name] = held
     return held[1]
+
+
+def _version(tensor: torch.Tensor) -> int:
+    """The in-place version counter, or -1 for inference tensors, which have none: ComfyUI loads and runs models
+    under torch.inference_mode, and such weights cannot be changed in place outside it anyway."""
+    try:
+        return tensor._version
+    except RuntimeError:
+        return -1
 
 
 # Which of a 3x3 kernel's taps land on each of the two input rows (or columns) an output pixel of parity 0 / 1
