@@ -24,6 +24,8 @@ TRAIN_TIMESTEPS = 1000
 
 # Scaled latents (N, 4, S/8, S/8) of frames (N, 3, S, S) in [-1, 1].
 Encoder = Callable[[torch.Tensor], torch.Tensor]
+# UNSCALED latents (N, 4, h, w) -> images (N, H, W, 3) in 0..1 (the sampler's VaeCodec.decode contract).
+Decoder = Callable[[torch.Tensor], torch.Tensor]
 
 
 @dataclass(frozen=True)

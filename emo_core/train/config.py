@@ -48,6 +48,9 @@ class TrainConfig:
     precomputed latents; "none" is a test/debug option that average-pools frames 8x to 4 channels instead.
     batch_size: the global batch (all processes x gradient_accumulation_steps x per-step micro batch).
     trainable: parameter groups to train (GROUPS); empty = the stage's default (STAGE_GROUPS).
+    sample_every: steps between sample clips (0 = none), `sample_steps` denoising steps each. preview_data: a
+    folder of prepared shards held out from training ("" = the training data); preview_samples: which of its
+    samples (indices in shard order), one clip each; preview_frames: frames per clip (0 = the whole sample).
     """
     stage: str = "stage3"
     network: str = "emo"
@@ -80,6 +83,9 @@ class TrainConfig:
     log_every: int = 10
     sample_every: int = 1000
     sample_steps: int = 20
+    preview_data: str = ""
+    preview_samples: tuple[int, ...] = (0,)
+    preview_frames: int = 0
     num_workers: int = 2
 
     def groups(self) -> tuple[str, ...]:
@@ -103,8 +109,10 @@ class TrainConfig:
         for name in ("drop_audio", "drop_reference"):
             _require(0 <= getattr(self, name) < 1, name, getattr(self, name), "need a probability in [0, 1)")
         for name in ("checkpoint_every", "log_every", "sample_every", "keep_checkpoints", "num_workers",
-                     "lr_warmup_steps", "sample_steps"):
+                     "lr_warmup_steps", "sample_steps", "preview_frames"):
             _require(getattr(self, name) >= 0, name, getattr(self, name), "need >= 0")
+        _require(len(self.preview_samples) > 0 and all(isinstance(i, int) and i >= 0 for i in self.preview_samples),
+                 "preview_samples", self.preview_samples, "need a list of sample indices >= 0, e.g. [0, 5]")
         return self
 
     def check_runnable(self) -> TrainConfig:

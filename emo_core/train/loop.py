@@ -30,14 +30,17 @@ def _loader(dataset, cfg, accelerator, start: int):
     return plan, loader
 
 
-def run_loop(cfg, accelerator, model, optimizer, scheduler, ema, state, dataset, spec, encode, out) -> dict:
-    """Optimizer steps state.step..cfg.max_steps; returns {step: loss averaged over processes and micro steps}."""
+def run_loop(cfg, accelerator, model, optimizer, scheduler, ema, state, dataset, spec, codec, previews,
+             out) -> dict:
+    """Optimizer steps state.step..cfg.max_steps; returns {step: loss averaged over processes and micro steps}.
+    codec: the run's (encode, decode) (trainer.latent_codec); previews: a previews.PreviewSource or None."""
     from tqdm.auto import tqdm
 
-    from .previews import write_preview
+    from .previews import write_previews
     from .trainer import LOSS_FILE, save_checkpoint
 
     cfg.per_process_batch(accelerator.num_processes)
+    encode, decode = codec
     net_cfg = accelerator.unwrap_model(model).net.config
     plan, loader = _loader(dataset, cfg, accelerator, state.step)
     bar = tqdm(total=cfg.max_steps, initial=state.step, desc=f"EMO {cfg.stage}", unit="step",
@@ -68,9 +71,9 @@ def run_loop(cfg, accelerator, model, optimizer, scheduler, ema, state, dataset,
             _report(cfg, accelerator, state.step, value, scheduler, bar, out, LOSS_FILE, time.perf_counter() - started)
             if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0 and state.step < cfg.max_steps:
                 save_checkpoint(cfg, accelerator, state, out)
-            if cfg.sample_every and state.step % cfg.sample_every == 0 and accelerator.is_main_process:
-                write_preview(cfg, accelerator, accelerator.unwrap_model(model).net, dataset, encode, state.step,
-                              out)
+            if previews is not None and state.step % cfg.sample_every == 0 and accelerator.is_main_process:
+                write_previews(cfg, accelerator, accelerator.unwrap_model(model).net, previews, encode, decode, ema,
+                               state.step, out)
     bar.close()
     done = len(losses) * cfg.batch_size
     log.info("%d samples in %.1f s (%.2f samples/s)", done, time.perf_counter() - started,

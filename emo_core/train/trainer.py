@@ -20,7 +20,7 @@ from ..checkpoint import load_network, save_native
 from ..errors import InvalidInputError, MissingDependencyError
 from ..network import EmoNet
 from . import order, stages
-from .batches import SD15_LATENT_SCALE, BatchSpec, Encoder, build_batch, pool_encoder
+from .batches import SD15_LATENT_SCALE, BatchSpec, Decoder, Encoder, build_batch, pool_encoder
 from .config import TrainConfig
 from .ema import EMA
 from .objective import DiffusionObjective
@@ -78,12 +78,13 @@ def build_network(cfg: TrainConfig) -> EmoNet:
     return net.float().train()
 
 
-def latent_encoder(spec: str, device: torch.device) -> Encoder | None:
-    """`vae`: "" (samples must carry latents), "none" (pool_encoder, tests only) or a diffusers AutoencoderKL folder."""
+def latent_codec(spec: str, device: torch.device) -> tuple[Encoder | None, Decoder | None]:
+    """`vae` -> (encode, decode). "": samples must carry latents, nothing to decode with; "none": pool_encoder
+    (tests only), previews show the latent view; a diffusers AutoencoderKL folder: both ways through it."""
     if not spec:
-        return None
+        return None, None
     if spec == "none":
-        return pool_encoder
+        return pool_encoder, None
     from diffusers import AutoencoderKL
     vae = AutoencoderKL.from_pretrained(spec).to(device).eval().requires_grad_(False)
 
@@ -91,7 +92,12 @@ def latent_encoder(spec: str, device: torch.device) -> Encoder | None:
     def encode(frames: torch.Tensor) -> torch.Tensor:
         # mode(), not sample(): the latent of a frame is then the same in every run and process.
         return vae.encode(frames.to(device, vae.dtype)).latent_dist.mode().float().cpu() * SD15_LATENT_SCALE
-    return encode
+
+    @torch.no_grad()
+    def decode(latents: torch.Tensor) -> torch.Tensor:
+        x = vae.decode(latents.to(device, vae.dtype)).sample.float().cpu()
+        return ((x + 1) / 2).clamp(0, 1).permute(0, 2, 3, 1)
+    return encode, decode
 
 
 def _accelerator(cfg: TrainConfig, out: str):
@@ -130,9 +136,12 @@ def train(cfg: TrainConfig, dataset, out: str, resume: bool = False) -> TrainRes
 
     resume: continue from the newest checkpoint in `out/checkpoints` (a fresh start when there is none)."""
     from .loop import run_loop
+    from .previews import check_previews, preview_source
     cfg.check_runnable()
-    accelerator = _accelerator(cfg, out)
+    previews = preview_source(cfg, dataset)  # before the network and VAE load: a bad path costs no wait
     net = build_network(cfg)
+    check_previews(previews, net.config, has_encoder=bool(cfg.vae))
+    accelerator = _accelerator(cfg, out)
     trainable = stages.select_trainable(net, cfg.groups())
     if cfg.gradient_checkpointing:
         stages.enable_gradient_checkpointing(net)
@@ -154,9 +163,9 @@ def train(cfg: TrainConfig, dataset, out: str, resume: bool = False) -> TrainRes
     if accelerator.is_main_process:
         os.makedirs(out, exist_ok=True)
         accelerator.init_trackers(f"emo_{cfg.stage}")
-    encode = latent_encoder(cfg.vae, accelerator.device)
+    encode, decode = latent_codec(cfg.vae, accelerator.device)
     losses = run_loop(cfg, accelerator, model, optimizer, scheduler, ema, state, dataset, _batch_spec(cfg, net),
-                      encode, out)
+                      (encode, decode), previews, out)
     result = _finish(cfg, accelerator, model, ema, state, out, losses)
     accelerator.end_training()
     _forget_accelerator_settings()
