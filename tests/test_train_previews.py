@@ -98,7 +98,8 @@ def test_tensorboard_gets_a_grid_of_frames_per_preview(held_out_run):
     assert tag in events.Tags()["images"]
     image = events.Images(tag)[0]
     size = held[0].frames.shape[-1]
-    assert (image.step, image.width, image.height) == (cfg.sample_every, 3 * size, min(GRID_FRAMES, cfg.preview_frames) * size)
+    rows = min(GRID_FRAMES, cfg.preview_frames)
+    assert (image.step, image.width, image.height) == (cfg.sample_every, 3 * size, rows * size)
 
 
 def test_the_clip_shows_the_held_out_sample_beside_the_sampled_frames(held_out_run):
@@ -158,7 +159,7 @@ def test_preview_conditions_carry_the_sample_speed_schedule():
 
 
 def test_the_run_vae_decodes_previews_at_the_sample_size(tmp_path):
-    from emo_core.train.previews import decode_frames
+    from emo_core.train.previews import decode_frames, sampler_codec
     from emo_core.train.trainer import latent_codec
     encode, decode = latent_codec(str(_tiny_vae(tmp_path / "vae")), torch.device("cpu"))
     sample = _dataset(count=1)[0]
@@ -168,6 +169,10 @@ def test_the_run_vae_decodes_previews_at_the_sample_size(tmp_path):
     assert images.shape == (3, size, size, 3) and 0 <= float(images.min()) and float(images.max()) <= 1
     view = decode_frames(latents, None)
     assert view.shape == (3, size // 8, size // 8, 3)
+    codec = sampler_codec(encode, decode)  # what Hallo-family previews re-encode motion frames with
+    pixels = ((sample.frames[:3] + 1) / 2).permute(0, 2, 3, 1)
+    assert torch.allclose(codec.encode(pixels), latents, atol=1e-5)
+    assert sampler_codec(encode, None) is None
 
 
 def _bad_preview_folder(tmp_path: Path, case: str) -> Path:

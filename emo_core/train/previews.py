@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import InvalidConfigError
-from ..sampler import SamplerSettings, VideoConditions, generate
+from ..sampler import SamplerSettings, VaeCodec, VideoConditions, generate
 from ..speed import speed_features
 from ..windows import window_frames
 from .batches import SD15_LATENT_SCALE, Decoder, Encoder, hallo_masks_for
@@ -103,16 +103,27 @@ def preview_conditions(net, sample, frames: int, encode) -> VideoConditions:
                            speed=speed)
 
 
-def sample_latents(cfg, net, sample, encode: Encoder | None, ema=None) -> torch.Tensor:
+def sampler_codec(encode: Encoder | None, decode: Decoder | None) -> VaeCodec | None:
+    """The run's VAE in the sampler's contract, so families that re-encode motion frames from pixels (Hallo's
+    motion_source, Hallo2's pixel drop) preview as they render; None without a real VAE."""
+    if encode is None or decode is None:
+        return None
+    return VaeCodec(encode=lambda images: encode(images[..., :3].permute(0, 3, 1, 2) * 2 - 1) / SD15_LATENT_SCALE,
+                    decode=decode)
+
+
+def sample_latents(cfg, net, sample, encode: Encoder | None, ema=None, codec: VaeCodec | None = None) -> torch.Tensor:
     """The preview clip of `sample` with the current weights (the EMA weights when `ema` is given, restored
     after): (frames, 4, h, w) UNSCALED latents, seeded by the run's seed so clips compare across steps."""
     frames = min(cfg.preview_frames or sample.frames.shape[0], sample.frames.shape[0])
     settings = SamplerSettings(steps=cfg.sample_steps or None, seed=cfg.seed)
+    video = preview_conditions(net, sample, frames, encode)
+    video.reference_image = ((sample.frames[0].float() + 1) / 2).clamp(0, 1).permute(1, 2, 0)
     was_training = net.training
     net.eval()
     try:
         with torch.no_grad(), (ema.swapped() if ema is not None else nullcontext()):
-            return generate(net, preview_conditions(net, sample, frames, encode), settings)
+            return generate(net, video, settings, codec=codec)
     finally:
         net.train(was_training)
 
@@ -155,7 +166,7 @@ def write_previews(cfg, accelerator, net, source: PreviewSource, encode: Encoder
     os.makedirs(os.path.join(out, SAMPLES), exist_ok=True)
     for index in source.indices:
         sample = source.dataset[index]
-        latents = sample_latents(cfg, net, sample, encode, ema)
+        latents = sample_latents(cfg, net, sample, encode, ema, sampler_codec(encode, decode))
         sampled = decode_frames(latents, decode)
         frames = side_by_side(sample, sampled)
         paths.append(write_clip(clip_path(out, step, index, len(source.indices) > 1), frames, sample.fps))
