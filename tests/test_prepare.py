@@ -1,11 +1,13 @@
 """Data preparation (emo_core.train.prepare*) on synthetic talking-head videos with known truth
 (emo_core.train.synthetic): shard contents against the shards contract, measured speed against the true
-speed, edge cases skipped with their reason, resume, interruption and worker-count independence."""
+speed, edge cases skipped with their reason, resume, interruption and worker-count independence, and the
+streamed reading against a whole-video reading (same samples, memory that does not grow with the length)."""
 from __future__ import annotations
 
+import json
 import math
+import random
 from dataclasses import replace
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +18,7 @@ from emo_core.errors import InvalidInputError
 from emo_core.speed_pose import smooth_series
 from emo_core.train.prepare import PrepareSettings, video_id
 from emo_core.train.prepare_faces import SPEED_SMOOTHING
+from emo_core.train.prepare_media import VideoFrames, resample_indices, resample_stream
 from emo_core.train.shards import ClipSample, ShardDataset, ShardWriter, shard_paths
 from tests.conftest import shared_file, wav2vec_shape
 
@@ -198,16 +201,13 @@ def test_interrupted_work_is_redone_and_never_looks_finished(prepared, videos, m
 def test_shards_are_the_same_whatever_the_worker_count(prepared, videos, model_dirs, tmp_path):
     paths = [videos[s][0] for s in ("talk_a", "odd_fps")]
     manifest = prepare(paths, tmp_path, model_dirs, workers=2)
-    assert manifest["settings"]["size"] == SETTINGS.size
-    mine = {Path(p).name: p for p in shard_paths(tmp_path)}
+    assert manifest["settings"]["size"] == SETTINGS.size and manifest["settings"]["frame_format"] == "jpeg"
+    mine = {Path(p).name: Path(p).read_bytes() for p in shard_paths(tmp_path)}
     ids = {video_id(p) for p in paths}
-    theirs = {Path(p).name: p for p in shard_paths(prepared[0]) if Path(p).name[:16] in ids}
+    theirs = {Path(p).name: Path(p).read_bytes() for p in shard_paths(prepared[0]) if Path(p).name[:16] in ids}
     assert sorted(mine) == sorted(theirs) and mine
-    a, b = ShardDataset(list(mine.values())), ShardDataset(list(theirs.values()))
-    assert len(a) == len(b)
-    for i in range(len(a)):
-        for field in ("frames", "face_masks", "audio", "speed"):
-            assert torch.equal(getattr(a[i], field), getattr(b[i], field)), (a[i].key, field)
+    for name in mine:  # the encoded frames too: byte for byte
+        assert mine[name] == theirs[name], name
 
 
 # -- command line --------------------------------------------------------------------------------
@@ -224,34 +224,183 @@ def test_cli_with_a_list_file_and_a_vae(videos, model_dirs, tmp_path, capsys):
     listing.write_text(f"# training set\n{videos['talk_a'][0]}\n\n{videos['noface'][0]}\n")
     argv = [str(listing), "--out", str(tmp_path / "out"), "--wav2vec", wav2vec_path(), "--vae",
             str(tmp_path / "vae"), "--size", str(SETTINGS.size), "--segment-frames", str(SETTINGS.segment_frames),
-            "--mediapipe-models", str(model_dirs[0])]
+            "--mediapipe-models", str(model_dirs[0]), "--frames", "png"]
     assert main(argv) == 0
     assert "1 of 2 videos prepared" in capsys.readouterr().out
     data = ShardDataset(shard_paths(tmp_path / "out"))
     side = SETTINGS.size // 8
     assert data[0].latents.shape == (SETTINGS.segment_frames, 4, side, side)
+    assert data[0].meta["frame_format"] == "png"
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["settings"]["frame_format"] == "png"
+    assert main(argv[:-2] + ["--frames", "jpeg", "--jpeg-quality", "0"]) == 2
+    assert "jpeg_quality" in capsys.readouterr().err
     assert main([str(tmp_path / "missing"), "--out", str(tmp_path / "o2"), "--wav2vec", wav2vec_path()]) == 2
     assert "neither a folder" in capsys.readouterr().err
 
 
-# -- shard files alone (no MediaPipe needed) -----------------------------------------------------
-def test_shard_writer_round_trip_and_abort(tmp_path):
-    layers, hidden = wav2vec_shape()
-    L, S = 3, 16
-    g = torch.Generator().manual_seed(0)
-    frames = (torch.randint(0, 256, (L, 3, S, S), generator=g).float() / 127.5 - 1)
-    sample = ClipSample("vid/0000", frames, (torch.rand(L, 1, S, S, generator=g) > 0.5).float(),
-                        torch.randn(L, layers, hidden, generator=g).half().float(),
-                        torch.rand(L, generator=g, dtype=torch.float64), None, 25.0, {"video": "vid"})
-    with ShardWriter(tmp_path / "a.tar") as w:
-        w.write(sample)
-    with tarfile.open(tmp_path / "a.tar") as tar:  # webdataset grouping: <key>.<field>
-        assert all(n.startswith("vid/0000.") for n in tar.getnames())
-    back = ShardDataset(shard_paths(tmp_path))[0]
-    for field in ("frames", "face_masks", "audio", "speed"):
-        assert torch.allclose(getattr(back, field), getattr(sample, field), atol=1e-6), field
-    with pytest.raises(RuntimeError):
-        with ShardWriter(tmp_path / "b.tar") as w:
-            w.write(sample)
-            raise RuntimeError("killed")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.tar"]
+def test_a_failure_after_some_shards_leaves_none_of_that_video(videos, model_dirs, tmp_path, monkeypatch):
+    """The second reading can fail after a shard is finished (a file changed mid-run): that video is skipped
+    and its finished shards go too, so the folder never holds samples of a video the manifest skipped."""
+    from emo_core.train.prepare_media import SkipVideo
+
+    calls = {"n": 0}
+    real_write = ShardWriter.write
+
+    def failing_write(self, sample):
+        calls["n"] += 1
+        if calls["n"] > SETTINGS.shard_samples:  # the first shard is complete by now
+            raise SkipVideo("decode_error", "gave fewer frames when read again")
+        real_write(self, sample)
+
+    monkeypatch.setattr(ShardWriter, "write", failing_write)
+    manifest = prepare([videos["talk_a"][0]], tmp_path, model_dirs)
+    assert calls["n"] > SETTINGS.shard_samples
+    assert [r.get("reason") for r in manifest["videos"]] == ["decode_error"]
+    assert shard_paths(tmp_path) == [] and not list(tmp_path.glob("*.partial"))
+
+
+def test_a_folder_prepared_before_encoding_resumes_with_raw_frames(tmp_path):
+    from emo_core.train.prepare_run import check_settings
+
+    old = {k: v for k, v in replace(SETTINGS, frame_format="raw").record().items()
+           if k not in ("frame_format", "jpeg_quality")}
+    (tmp_path / "manifest.json").write_text(json.dumps({"settings": {**old, "wav2vec": "w", "vae": None}}))
+    check_settings(tmp_path, {**replace(SETTINGS, frame_format="raw").record(), "wav2vec": "w", "vae": None})
+    with pytest.raises(InvalidInputError, match="other settings"):
+        check_settings(tmp_path, {**SETTINGS.record(), "wav2vec": "w", "vae": None})
+
+
+# -- streaming against the whole-video reading ---------------------------------------------------
+def read_whole_video(path, fps: float) -> tuple[np.ndarray, float, int]:
+    """The reading before streaming: every frame decoded into memory, sorted by time, then resampled."""
+    import av
+
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        source_fps = float(stream.average_rate or stream.guessed_rate)
+        images, times = [], []
+        for frame in container.decode(stream):
+            images.append(frame.to_ndarray(format="rgb24"))
+            times.append(float(frame.time))
+    order = np.argsort(times, kind="stable")
+    picked = resample_indices(torch.tensor(times, dtype=torch.float64)[order], source_fps, fps)
+    return np.stack([images[order[i]] for i in picked.tolist()]), source_fps, len(images)
+
+
+def test_streamed_resampling_picks_what_the_closed_form_picks():
+    rng = random.Random(0)
+    rates = [(29.97, 25.0), (60.0, 25.0), (100.0, 25.0), (12.5, 25.0), (24.0, 25.0), (25.0, 25.0), (50.0, 24.0),
+             (23.976, 30.0), (7.0, 120.0), (120.0, 1.0)]
+    for case in range(400):
+        source_fps, fps = rates[case % len(rates)] if case < 200 else (rng.uniform(1, 120), rng.uniform(1, 120))
+        count = rng.randint(1, 90)
+        jitter = 0.3 / source_fps if case % 3 else 0.0  # rounded or uneven timestamps, still increasing
+        start = rng.uniform(0, 2)
+        times = sorted(start + i / source_fps + rng.uniform(-jitter, jitter) for i in range(count))
+        times[1:] = [t if case % 7 else round(t, 2) for t in times[1:]]  # coarse time bases make ties
+        times = sorted(times)
+        expected = resample_indices(torch.tensor(times, dtype=torch.float64), source_fps, fps).tolist()
+        got = list(resample_stream(zip(times, range(count)), source_fps, fps))
+        assert got == expected, (case, source_fps, fps, count)
+    assert list(resample_stream([], 25.0, 25.0)) == []
+
+
+@pytest.mark.parametrize("stem", ["talk_a", "odd_fps"])
+def test_streamed_frames_equal_the_whole_video_reading(videos, stem):
+    path = videos[stem][0]
+    whole, source_fps, frames_in = read_whole_video(path, SETTINGS.fps)
+    video = VideoFrames(path, SETTINGS.fps)
+    count = 0
+    for image, expected in zip(video, whole):
+        assert np.array_equal(image, expected), count
+        count += 1
+    assert count == video.frames_out == len(whole) and video.frames_in == frames_in
+    assert video.source_fps == source_fps and video.size == (whole.shape[2], whole.shape[1])
+
+
+def test_streamed_preparation_equals_the_whole_video_pipeline(videos, model_dirs, tmp_path):
+    """Shards from the streamed, chunked preparation hold what the whole-video pipeline (all frames in memory,
+    one face search over all of them) computes: same crops, masks, speeds, frame for frame."""
+    from emo_core.audio import frame_count, to_mono_16k
+    from emo_core.train.prepare import crop_segment, plan_segments
+    from emo_core.train.prepare_faces import track_face
+    from emo_core.train.prepare_media import read_audio_track
+
+    paths = [videos[s][0] for s in ("talk_a", "odd_fps")]
+    prepare(paths, tmp_path, model_dirs, settings=replace(SETTINGS, frame_format="raw"))
+    for path in paths:
+        frames, _, _ = read_whole_video(path, SETTINGS.fps)
+        audio, _ = read_audio_track(path)
+        usable = min(len(frames), frame_count(to_mono_16k(audio).numel(), SETTINGS.fps))
+        track = track_face(torch.from_numpy(frames[:usable]), SETTINGS.fps, model_dirs)
+        samples = sorted(samples_of(tmp_path, path), key=lambda s: s.meta["start"])
+        segments = plan_segments(usable, SETTINGS.segment_frames)
+        assert [s.meta["start"] for s in samples] == [seg.start for seg in segments] and segments
+        for sample, seg in zip(samples, segments):
+            images, masks, crop = crop_segment(torch.from_numpy(frames[seg.start:seg.stop]),
+                                               track.boxes[seg.start:seg.stop], SETTINGS)
+            stored = ((images.clamp(-1, 1) + 1) * 127.5).round() / 127.5 - 1  # the uint8 a shard keeps
+            assert torch.equal(sample.frames, stored) and torch.equal(sample.face_masks, masks)
+            assert torch.equal(sample.speed, track.speed[seg.start:seg.stop]) and sample.meta["crop"] == list(crop.box)
+
+
+def loop_video(source: Path, path: Path, repeats: int, scale: int) -> Path:
+    """`source` played `repeats` times over (frames `scale` x larger, the audio looped along): a long video
+    whose face and sound are real, written in seconds."""
+    import av
+
+    from emo_core.render.media import read_audio
+    from emo_core.video_writer import StreamingVideoWriter
+
+    with av.open(str(source)) as container:
+        stream = container.streams.video[0]
+        fps = float(stream.average_rate)
+        frames = torch.stack([torch.from_numpy(f.to_ndarray(format="rgb24")) for f in container.decode(stream)])
+    height, width = frames.shape[1] * scale, frames.shape[2] * scale
+    frames = torch.nn.functional.interpolate(frames.permute(0, 3, 1, 2).float() / 255, size=(height, width),
+                                             mode="bilinear").permute(0, 2, 3, 1)
+    audio = read_audio(source)
+    looped = {"waveform": audio["waveform"].repeat(1, 1, repeats), "sample_rate": audio["sample_rate"]}
+    with StreamingVideoWriter(path, width, height, fps, audio=looped) as writer:
+        for _ in range(repeats):
+            writer.write(frames)
+    return path
+
+
+def test_memory_does_not_grow_with_the_video_length(videos, model_dirs, tmp_path, monkeypatch):
+    """Peak traced memory (tracemalloc: the decoded frames and segment buffers are numpy's) of preparing a
+    video and the same video three times longer: the longer one adds less than a tenth of its extra frames'
+    bytes (that is its longer audio track; no frames), and stays far below holding the video. The face search
+    is replaced by the first frame's result, so the test times the reading and cutting, not MediaPipe."""
+    import tracemalloc
+
+    import emo_core.train.prepare as prepare_module
+    from emo_core.train.prepare import prepare_video
+    from emo_core.train.prepare_faces import detect_faces
+    from emo_core.train.prepare_media import frame_chunks
+    from emo_core.train.prepare_run import load_models
+
+    source = videos["talk_a"][0]
+    short = loop_video(source, tmp_path / "short.mp4", 2, scale=2)
+    long = loop_video(source, tmp_path / "long.mp4", 6, scale=2)
+    first = next(iter(frame_chunks(VideoFrames(long, SETTINGS.fps), 1)))
+    face = detect_faces(first, model_dirs)[0]
+    assert face.box is not None
+    monkeypatch.setattr(prepare_module, "detect_faces", lambda frames, dirs: [face] * len(frames))
+    models = load_models(wav2vec_path(), [str(d) for d in model_dirs], None)
+    prepare_video(source, tmp_path / "warm", SETTINGS, models)  # first-call imports stay out of the measure
+    figures = {}
+    for name, path in (("short", short), ("long", long)):
+        tracemalloc.start()
+        try:
+            record = prepare_video(path, tmp_path / name, SETTINGS, models)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        figures[name] = (peak, record["frames_resampled"] * first[0].numel(), record["frames_resampled"])
+    (short_peak, short_bytes, _), (long_peak, long_bytes, long_frames) = figures["short"], figures["long"]
+    frame_bytes = first[0].numel()
+    print(f"peak traced: {short_peak / 1e6:.1f} MB for {figures['short'][2]} frames, {long_peak / 1e6:.1f} MB "
+          f"({long_peak / frame_bytes:.0f} frames' worth) for {long_frames} frames ({long_bytes / 1e6:.1f} MB)")
+    assert long_peak - short_peak < 0.1 * (long_bytes - short_bytes)
+    assert long_peak < long_bytes / 3

@@ -1,8 +1,8 @@
 """Data preparation for training (issue 15, paper sec. 4.1): one talking-head video -> training shards.
 
-Per video: decode and resample to the target fps (:mod:`.prepare_media`), face box and head speed per frame
-from MediaPipe (:mod:`.prepare_faces`), wav2vec2 features per frame (emo_core.audio, Hallo's maths), then
-the frames are cut into segments of `segment_frames` contiguous frames, each cropped to a square around the
+Per video: decode and resample to the target fps as a stream (:mod:`.prepare_media`), face box and head
+speed per frame from MediaPipe (:mod:`.prepare_faces`), wav2vec2 features per frame (emo_core.audio, Hallo's
+maths), then the frames, decoded again, are cut into segments of `segment_frames` contiguous frames, each cropped to a square around the
 union of its face boxes (emo_core.face_crop) and resized to `size`, optionally VAE-encoded, and written as
 ClipSamples to webdataset tar shards named after a hash of the video's path (:mod:`.shards`). Running many
 videos, resuming and the manifest live in :mod:`.prepare_run`.
@@ -22,8 +22,9 @@ import torch
 from ..errors import InvalidInputError
 from ..face import FaceBox, union_box
 from ..face_crop import FaceCrop, crop_image, plan_crop
-from .prepare_faces import track_face
-from .prepare_media import SkipVideo, read_audio_track, read_frames
+from .prepare_faces import FaceTrack, FrameFaces, detect_faces, finish_track
+from .prepare_media import SkipVideo, VideoFrames, frame_chunks, read_audio_track
+from .shard_frames import FrameCodec
 from .shards import ClipSample, ShardWriter
 
 log = logging.getLogger(__name__)
@@ -36,12 +37,15 @@ VAE_BATCH = 8
 class PrepareSettings:
     """size: crop side in pixels (multiple of 8 for latents). fps: output frame rate. segment_frames: frames
     per stored sample (enough for the trainer's motion frames + clip). shard_samples: samples per shard file.
-    expand_ratio: crop side / longer side of the segment's united face box."""
+    expand_ratio: crop side / longer side of the segment's united face box. frame_format: how shards store
+    frames ("jpeg", "png" or "raw", see .shard_frames); jpeg_quality: 1..100 for "jpeg"."""
     size: int = 512
     fps: float = 25.0
     segment_frames: int = 48
     shard_samples: int = 16
     expand_ratio: float = 1.6
+    frame_format: str = "jpeg"
+    jpeg_quality: int = 95
 
     def validate(self) -> PrepareSettings:
         if self.size < 8 or self.size % 8:
@@ -54,7 +58,11 @@ class PrepareSettings:
             raise InvalidInputError(f"shard_samples must be >= 1, got {self.shard_samples}")
         if not (1.0 <= self.expand_ratio <= 4.0):
             raise InvalidInputError(f"expand_ratio must be 1..4, got {self.expand_ratio}")
+        self.codec().validate()
         return self
+
+    def codec(self) -> FrameCodec:
+        return FrameCodec(self.frame_format, self.jpeg_quality)
 
     def record(self) -> dict:
         return asdict(self)
@@ -116,38 +124,79 @@ def encode_latents(vae, frames: torch.Tensor) -> torch.Tensor:
 def prepare_video(path: str | os.PathLike, out_dir: str | os.PathLike, settings: PrepareSettings,
                   models: Models) -> dict:
     """Write one video's shards `<video id>-NNNN.tar` to `out_dir`; returns its manifest entry (statistics
-    and shard names). SkipVideo (with a `reason`) when the video cannot become training data."""
+    and shard names). SkipVideo (with a `reason`) when the video cannot become training data.
+
+    The video is decoded twice, a segment at a time: once to find the faces (the crops and speeds need the
+    whole track: a frame without a face takes the nearest found box, the speed is smoothed over time), then
+    to cut the segments. Memory holds a segment of frames plus per-frame boxes, landmarks and audio features.
+    """
     from ..audio import AudioSettings, extract_audio_features, frame_count, to_mono_16k
 
     path, vid = Path(path), video_id(path)
     audio, rms = read_audio_track(path)
-    frames, source_fps, frames_in = read_frames(path, settings.fps)
-    usable = min(frames.shape[0], frame_count(to_mono_16k(audio).numel(), settings.fps))
+    video = VideoFrames(path, settings.fps)
+    faces = search_faces(video, frame_count(to_mono_16k(audio).numel(), settings.fps), settings.segment_frames,
+                         models.model_dirs)
+    usable = len(faces)  # frames with both picture and sound
     segments = plan_segments(usable, settings.segment_frames)
     if not segments:
         raise SkipVideo("too_short", f"{path.name}: {usable} frames at {settings.fps:g} fps, need at least "
                                      f"{settings.segment_frames} (--segment-frames)")
-    track = track_face(frames[:usable], settings.fps, models.model_dirs, path.name)
+    track = finish_track(faces, settings.fps, path.name)
+    del faces
     features = extract_audio_features(models.wav2vec, audio, AudioSettings(fps=settings.fps)).rows(0, usable)
-    shards = []
-    for first in range(0, len(segments), settings.shard_samples):
-        name = f"{vid}-{first // settings.shard_samples:04d}.tar"
-        with ShardWriter(Path(out_dir) / name) as writer:
-            for number, seg in enumerate(segments[first:first + settings.shard_samples], start=first):
-                writer.write(_sample(vid, number, seg, path, frames, track, features, settings, models))
-        shards.append(name)
+    shards = write_shards(path, Path(out_dir), segments, track, features, settings, models)
     sides = sorted(max(b.x1 - b.x0, b.y1 - b.y0) for b in track.boxes)
     return {"id": vid, "source": str(path), "status": "prepared", "shards": shards,
-            "frames_in": frames_in, "fps_in": source_fps, "frames_resampled": int(frames.shape[0]),
+            "frames_in": video.frames_in, "fps_in": video.source_fps, "frames_resampled": video.frames_out,
             "frames": usable, "fps": settings.fps, "duration": usable / settings.fps,
-            "size_in": [int(frames.shape[2]), int(frames.shape[1])], "segments": len(segments),
+            "size_in": list(video.size), "segments": len(segments),
             "face_frames": track.found, "face_box_side": sides[len(sides) // 2],
             "speed_mean": float(track.speed[:usable].mean()), "speed_max": float(track.speed[:usable].max()),
             "audio_rms": rms, "latents": models.vae is not None}
 
 
+def search_faces(video: VideoFrames, limit: int, chunk: int, model_dirs: Sequence[str | os.PathLike]
+                 ) -> list[FrameFaces]:
+    """FrameFaces of the first `limit` frames (those with sound), searched `chunk` frames at a time; the rest
+    of the video is still decoded, so `video` ends with its frame counts."""
+    faces: list[FrameFaces] = []
+    for frames in frame_chunks(video, chunk):
+        take = min(len(frames), limit - len(faces))
+        if take > 0:
+            faces += detect_faces(frames[:take], model_dirs)
+    return faces
+
+
+def write_shards(path: Path, out_dir: Path, segments: Sequence[range], track: FaceTrack, features: torch.Tensor,
+                 settings: PrepareSettings, models: Models) -> list[str]:
+    """The second reading: each segment's frames cropped and written as they are decoded; shard names.
+    A failure removes this video's finished shards too, so a skipped video leaves none behind."""
+    vid, shards = video_id(path), []
+    chunks = frame_chunks(VideoFrames(path, settings.fps), settings.segment_frames)
+    try:
+        for first in range(0, len(segments), settings.shard_samples):
+            name = f"{vid}-{first // settings.shard_samples:04d}.tar"
+            with ShardWriter(out_dir / name, settings.codec()) as writer:
+                for number, seg in enumerate(segments[first:first + settings.shard_samples], start=first):
+                    frames = next(chunks, None)
+                    if frames is None or len(frames) < len(seg):
+                        raise SkipVideo("decode_error", f"{path.name} gave fewer frames when read again; was "
+                                                        "it changed during the run?")
+                    writer.write(_sample(vid, number, seg, path, frames, track, features, settings, models))
+            shards.append(name)
+    except BaseException:
+        for name in shards:
+            (out_dir / name).unlink(missing_ok=True)
+        raise
+    finally:
+        chunks.close()
+    return shards
+
+
 def _sample(vid, number, seg, path, frames, track, features, settings, models) -> ClipSample:
-    images, masks, crop = crop_segment(frames[seg.start:seg.stop], track.boxes[seg.start:seg.stop], settings)
+    """frames: this segment's (L, H, W, 3) uint8 frames."""
+    images, masks, crop = crop_segment(frames, track.boxes[seg.start:seg.stop], settings)
     latents = encode_latents(models.vae, images) if models.vae is not None else None
     meta = {"video": vid, "source": path.name, "segment": number, "start": seg.start,
             "crop": list(crop.box), "image_size": list(crop.image_size)}

@@ -2,6 +2,7 @@
 
     emo-prepare VIDEOS --out DIR --wav2vec PATH [--mediapipe-models DIR] [--vae FOLDER] [--size 512]
                 [--fps 25] [--segment-frames 48] [--shard-samples 16] [--expand-ratio 1.6] [--workers 1]
+                [--frames jpeg|png|raw] [--jpeg-quality 95]
 
 Also `python -m emo_core.train.prepare_cli`. Exit status 0 when the run finished (skipped videos are listed
 in the manifest, not errors), 2 on bad input.
@@ -15,6 +16,7 @@ import sys
 from ..errors import EmoError
 from .console import log_to_stderr
 from .prepare import PrepareSettings
+from .shard_frames import FRAME_FORMATS
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +36,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shard-samples", type=int, default=d.shard_samples, help="samples per shard file")
     p.add_argument("--expand-ratio", type=float, default=d.expand_ratio,
                    help="crop side / longer side of the segment's face box")
+    p.add_argument("--frames", dest="frame_format", choices=FRAME_FORMATS, default=d.frame_format,
+                   help="how shards store frames: jpeg (smallest, lossy), png (lossless) or raw (uint8 arrays)")
+    p.add_argument("--jpeg-quality", type=int, default=d.jpeg_quality, help="JPEG quality 1..100 (--frames jpeg)")
     p.add_argument("--workers", type=int, default=1, help="processes working on videos in parallel")
     p.add_argument("-v", "--verbose", action="store_true", help="log progress per video")
     return p
@@ -46,7 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     log_to_stderr(logging.INFO if args.verbose else logging.WARNING, "%(message)s", "emo-prepare")
     settings = PrepareSettings(size=args.size, fps=args.fps, segment_frames=args.segment_frames,
-                               shard_samples=args.shard_samples, expand_ratio=args.expand_ratio)
+                               shard_samples=args.shard_samples, expand_ratio=args.expand_ratio,
+                               frame_format=args.frame_format, jpeg_quality=args.jpeg_quality)
     try:
         manifest = run_prepare(list_videos(args.videos), args.out, settings, wav2vec=args.wav2vec,
                                model_dirs=[str(d) for d in model_search_dirs(args.mediapipe_models)],

@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v")
 MANIFEST = "manifest.json"
 RECORDS = "records"
+# what a manifest written before frames were encoded implies: raw frames (its jpeg_quality played no part)
+LEGACY_SETTINGS = {"frame_format": "raw", "jpeg_quality": PrepareSettings.jpeg_quality}
 
 
 def list_videos(source: str | os.PathLike) -> list[Path]:
@@ -71,6 +73,8 @@ def check_settings(out: Path, record: dict) -> None:
     manifest = out / MANIFEST
     if manifest.is_file():
         old = json.loads(manifest.read_text(encoding="utf-8")).get("settings")
+        if isinstance(old, dict) and "frame_format" not in old:
+            old = {**old, **LEGACY_SETTINGS}
         if old != record:
             raise InvalidInputError(f"{out} was prepared with other settings {old}; use the same options to "
                                     f"resume, or a new --out folder for {record}")

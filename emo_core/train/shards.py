@@ -2,14 +2,18 @@
 
 A shard is a plain (uncompressed) tar written with the stdlib `tarfile`; each sample is a group of members
 `<key>.<field>` that webdataset's own reader would group the same way (the key is everything before the
-first dot of the member's base name, e.g. `3f2a9c0d1e7b4a66/0002`). Fields and their on-disk layouts:
+first dot of the member's base name, e.g. `3f2a9c0d1e7b4a66/0002`; per-frame members such as
+`3f2a9c0d1e7b4a66/0002.frames.0007.jpg` keep that rule). Fields and their on-disk layouts:
 
-    frames.npy      (L, S, S, 3) uint8 RGB crop (8-bit as decoded; 4x smaller than float32)
-    face_masks.npy  (L, S, S) uint8 0/1: that frame's face box in crop pixels
+    frames.NNNN.jpg (S, S) RGB JPEG per frame N of L (or .png, lossless; or, as shards written before
+                    encoding existed, frames.npy: (L, S, S, 3) uint8), see :mod:`.shard_frames`
+    face_masks.png  (L x S, S) 1-bit PNG, the L masks stacked: that frame's face box in crop pixels
+                    (or face_masks.npy: (L, S, S) uint8 0/1)
     audio.npy       (L, layers, hidden) float16 wav2vec2 hidden states of all blocks per frame
     speed.npy       (L,) float64 head rotation speed, rad/s
     latents.npy     (L, 4, S/8, S/8) float16 VAE latents x0.18215 (only when precomputed)
-    meta.json       {"fps": float, "video": id, "source": file name, "start": frame, "crop": [...], ...}
+    meta.json       {"fps": float, "frame_format": "jpeg"|"png"|"raw", "jpeg_quality": int (jpeg only),
+                     "video": id, "source": file name, "start": frame, "crop": [...], ...}
 
 :class:`ShardDataset` turns them back into :class:`ClipSample` with the layouts of the shared contract
 (float32 frames in [-1, 1], float32 masks and audio, float64 speed). A shard is written as
@@ -26,15 +30,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-import numpy as np
 import torch
 
 from ..errors import CorruptFileError, InvalidInputError
+from .shard_frames import (FrameCodec, decode_frames, decode_masks, encode_frames, encode_masks, has_frames,
+                           has_masks, load_npy, npy)
 
 log = logging.getLogger(__name__)
 
 PARTIAL_SUFFIX = ".partial"
-FIELDS = ("frames.npy", "face_masks.npy", "audio.npy", "speed.npy", "meta.json")
+FIELDS = ("audio.npy", "speed.npy", "meta.json")  # besides frames and masks, which have several layouts
 OPTIONAL_FIELDS = ("latents.npy",)
 
 
@@ -58,49 +63,53 @@ class ClipSample:
     meta: dict = field(default_factory=dict)
 
 
-def _npy(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(array), allow_pickle=False)
-    return buf.getvalue()
-
-
-def encode_sample(sample: ClipSample) -> dict[str, bytes]:
+def encode_sample(sample: ClipSample, codec: FrameCodec = FrameCodec()) -> dict[str, bytes]:
     """ClipSample -> {field: bytes} in the compact on-disk layouts of the module docstring."""
+    codec.validate()
     frames = ((sample.frames.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    masks = (sample.face_masks.detach()[:, 0] > 0.5).to(torch.uint8).cpu().numpy()
     out = {
-        "frames.npy": _npy(frames.permute(0, 2, 3, 1).cpu().numpy()),
-        "face_masks.npy": _npy((sample.face_masks.detach()[:, 0] > 0.5).to(torch.uint8).cpu().numpy()),
-        "audio.npy": _npy(sample.audio.detach().to(torch.float16).cpu().numpy()),
-        "speed.npy": _npy(sample.speed.detach().to(torch.float64).cpu().numpy()),
-        "meta.json": json.dumps({**sample.meta, "fps": float(sample.fps)}, sort_keys=True).encode(),
+        **encode_frames(frames.permute(0, 2, 3, 1).cpu().numpy(), codec),
+        **encode_masks(masks, codec),
+        "audio.npy": npy(sample.audio.detach().to(torch.float16).cpu().numpy()),
+        "speed.npy": npy(sample.speed.detach().to(torch.float64).cpu().numpy()),
+        "meta.json": json.dumps({**sample.meta, "fps": float(sample.fps), **codec.meta()}, sort_keys=True).encode(),
     }
     if sample.latents is not None:
-        out["latents.npy"] = _npy(sample.latents.detach().to(torch.float16).cpu().numpy())
+        out["latents.npy"] = npy(sample.latents.detach().to(torch.float16).cpu().numpy())
     return out
 
 
 def decode_sample(key: str, fields: dict[str, bytes]) -> ClipSample:
     """{field: bytes} of one key -> ClipSample with the contract's dtypes and layouts."""
     missing = [f for f in FIELDS if f not in fields]
+    missing += [] if has_frames(fields) else ["frames"]
+    missing += [] if has_masks(fields) else ["face_masks"]
     if missing:
         raise CorruptFileError(f"sample {key} lacks {missing}; prepare the shard again")
 
     def array(name: str) -> torch.Tensor:
-        return torch.from_numpy(np.load(io.BytesIO(fields[name]), allow_pickle=False))
+        return torch.from_numpy(load_npy(fields[name]))
 
     meta = json.loads(fields["meta.json"])
-    frames = array("frames.npy").permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+    speed = array("speed.npy").to(torch.float64)
+    frames = torch.from_numpy(decode_frames(fields)).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+    masks = torch.from_numpy(decode_masks(fields)).float()[:, None]
+    if not frames.shape[0] == masks.shape[0] == speed.shape[0]:
+        raise CorruptFileError(f"sample {key} has {frames.shape[0]} frames, {masks.shape[0]} masks and "
+                               f"{speed.shape[0]} speeds; prepare the shard again")
     latents = array("latents.npy").float() if "latents.npy" in fields else None
-    return ClipSample(key=key, frames=frames.contiguous(), face_masks=array("face_masks.npy").float()[:, None],
-                      audio=array("audio.npy").float(), speed=array("speed.npy").to(torch.float64),
-                      latents=latents, fps=float(meta["fps"]), meta=meta)
+    return ClipSample(key=key, frames=frames.contiguous(), face_masks=masks, audio=array("audio.npy").float(),
+                      speed=speed, latents=latents, fps=float(meta["fps"]), meta=meta)
 
 
 class ShardWriter:
     """Writes ClipSamples to `<path>.partial` and renames it to `path` on close; an exception (or abort())
-    removes the partial file, so an interrupted shard never looks finished. Use as a context manager."""
+    removes the partial file, so an interrupted shard never looks finished. Use as a context manager.
+    codec: how frames and masks are stored (:class:`FrameCodec`: JPEG quality 95 by default)."""
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, codec: FrameCodec = FrameCodec()):
+        self.codec = codec.validate()
         self.path = Path(path)
         self.partial = Path(f"{path}{PARTIAL_SUFFIX}")
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -109,7 +118,7 @@ class ShardWriter:
         self.count = 0
 
     def write(self, sample: ClipSample) -> None:
-        for name, data in encode_sample(sample).items():
+        for name, data in encode_sample(sample, self.codec).items():
             info = tarfile.TarInfo(f"{sample.key}.{name}")
             info.size, info.mode, info.mtime = len(data), 0o644, 0  # mtime 0: same bytes on every run
             self._tar.addfile(info, io.BytesIO(data))
