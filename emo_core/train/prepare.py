@@ -2,10 +2,10 @@
 
 Per video: decode and resample to the target fps as a stream (:mod:`.prepare_media`), face box and head
 speed per frame from MediaPipe (:mod:`.prepare_faces`), wav2vec2 features per frame (emo_core.audio, Hallo's
-maths), then the frames, decoded again, are cut into segments of `segment_frames` contiguous frames, each cropped to a square around the
-union of its face boxes (emo_core.face_crop) and resized to `size`, optionally VAE-encoded, and written as
-ClipSamples to webdataset tar shards named after a hash of the video's path (:mod:`.shards`). Running many
-videos, resuming and the manifest live in :mod:`.prepare_run`.
+maths), then the frames, decoded again, are cut into segments of `segment_frames` contiguous frames, each
+cropped to a square around the union of its face boxes (emo_core.face_crop) and resized to `size`, optionally
+VAE-encoded, and written as ClipSamples to webdataset tar shards named after a hash of the video's path
+(:mod:`.shards`). Running many videos, resuming and the manifest live in :mod:`.prepare_run`.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
@@ -26,6 +26,9 @@ from .prepare_faces import FaceTrack, FrameFaces, detect_faces, finish_track
 from .prepare_media import SkipVideo, VideoFrames, frame_chunks, read_audio_track
 from .shard_frames import FrameCodec
 from .shards import ClipSample, ShardWriter
+
+if TYPE_CHECKING:
+    from ..audio import AudioFeatures
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +131,8 @@ def prepare_video(path: str | os.PathLike, out_dir: str | os.PathLike, settings:
 
     The video is decoded twice, a segment at a time: once to find the faces (the crops and speeds need the
     whole track: a frame without a face takes the nearest found box, the speed is smoothed over time), then
-    to cut the segments. Memory holds a segment of frames plus per-frame boxes, landmarks and audio features.
+    to cut the segments. Memory holds a segment of frames plus per-frame face boxes and rigid landmarks; the
+    audio features of a long track stay on disk (emo_core.audio spills them).
     """
     from ..audio import AudioSettings, extract_audio_features, frame_count, to_mono_16k
 
@@ -144,7 +148,8 @@ def prepare_video(path: str | os.PathLike, out_dir: str | os.PathLike, settings:
                                      f"{settings.segment_frames} (--segment-frames)")
     track = finish_track(faces, settings.fps, path.name)
     del faces
-    features = extract_audio_features(models.wav2vec, audio, AudioSettings(fps=settings.fps)).rows(0, usable)
+    # per-segment rows: a track longer than one wav2vec2 chunk keeps its features in a file on disk
+    features = extract_audio_features(models.wav2vec, audio, AudioSettings(fps=settings.fps))
     shards = write_shards(path, Path(out_dir), segments, track, features, settings, models)
     sides = sorted(max(b.x1 - b.x0, b.y1 - b.y0) for b in track.boxes)
     return {"id": vid, "source": str(path), "status": "prepared", "shards": shards,
@@ -168,8 +173,8 @@ def search_faces(video: VideoFrames, limit: int, chunk: int, model_dirs: Sequenc
     return faces
 
 
-def write_shards(path: Path, out_dir: Path, segments: Sequence[range], track: FaceTrack, features: torch.Tensor,
-                 settings: PrepareSettings, models: Models) -> list[str]:
+def write_shards(path: Path, out_dir: Path, segments: Sequence[range], track: FaceTrack,
+                 features: AudioFeatures, settings: PrepareSettings, models: Models) -> list[str]:
     """The second reading: each segment's frames cropped and written as they are decoded; shard names.
     A failure removes this video's finished shards too, so a skipped video leaves none behind."""
     vid, shards = video_id(path), []
@@ -195,11 +200,11 @@ def write_shards(path: Path, out_dir: Path, segments: Sequence[range], track: Fa
 
 
 def _sample(vid, number, seg, path, frames, track, features, settings, models) -> ClipSample:
-    """frames: this segment's (L, H, W, 3) uint8 frames."""
+    """frames: this segment's (L, H, W, 3) uint8 frames; features: the track's AudioFeatures."""
     images, masks, crop = crop_segment(frames, track.boxes[seg.start:seg.stop], settings)
     latents = encode_latents(models.vae, images) if models.vae is not None else None
     meta = {"video": vid, "source": path.name, "segment": number, "start": seg.start,
             "crop": list(crop.box), "image_size": list(crop.image_size)}
     return ClipSample(key=f"{vid}/{number:04d}", frames=images, face_masks=masks,
-                      audio=features[seg.start:seg.stop].float(), speed=track.speed[seg.start:seg.stop].clone(),
-                      latents=latents, fps=settings.fps, meta=meta)
+                      audio=features.rows(seg.start, seg.stop).float(),
+                      speed=track.speed[seg.start:seg.stop].clone(), latents=latents, fps=settings.fps, meta=meta)

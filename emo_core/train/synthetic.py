@@ -195,6 +195,34 @@ def _mouths(still: torch.Tensor, settings: SyntheticSettings, model_dirs) -> lis
     return [left, (left[0] + half, left[1], left[2])]
 
 
+def loop_video(source: str | os.PathLike, path: str | os.PathLike, repeats: int, scale: int = 1) -> Path:
+    """`source` played `repeats` times over, frames `scale` x larger, its audio looped along: a long video
+    whose face and sound are real, written in seconds (memory tests and benchmarks of data preparation).
+    Holds the source's frames, so keep the source short."""
+    import av
+
+    from ..render.media import read_audio
+    from ..video_writer import StreamingVideoWriter
+
+    if repeats < 1 or scale < 1:
+        raise InvalidInputError(f"repeats and scale must be >= 1, got {repeats=}, {scale=}")
+    with av.open(str(source)) as container:
+        stream = container.streams.video[0]
+        fps = float(stream.average_rate)
+        frames = torch.stack([torch.from_numpy(f.to_ndarray(format="rgb24")) for f in container.decode(stream)])
+    height, width = frames.shape[1] * scale, frames.shape[2] * scale
+    frames = frames.permute(0, 3, 1, 2).float() / 255
+    if scale > 1:
+        frames = F.interpolate(frames, size=(height, width), mode="bilinear")
+    frames = frames.permute(0, 2, 3, 1)
+    audio = read_audio(source)
+    looped = {"waveform": audio["waveform"].repeat(1, 1, repeats), "sample_rate": audio["sample_rate"]}
+    with StreamingVideoWriter(path, width, height, fps, audio=looped) as writer:
+        for _ in range(repeats):
+            writer.write(frames)
+    return Path(path)
+
+
 def generate_dataset(out_dir: str | os.PathLike, image: str | os.PathLike, count: int,
                      settings: SyntheticSettings, model_dirs: Sequence[str | os.PathLike] = (),
                      max_rolls: Sequence[float] = ()) -> list[Path]:
