@@ -212,10 +212,28 @@ class EmoNet(nn.Module):
             unet_cond.audio_kv = self.denoising_unet.audio_kv(
                 unet_cond.audio[plain:].flatten(0, 1).to(self._param().dtype))
             unet_cond.audio_plain = plain
+            if unet_cond.context is not None and not torch.is_grad_enabled():
+                unet_cond.context_folds = self.denoising_unet.context_folds(
+                    unet_cond.context.to(self._param().dtype))
             if cond.reference is not None:  # shared by every clip of the video (with_motion keeps the dict)
                 self.denoising_unet.fill_reference_kv(cond.reference)
             cache[guidance] = (fields, unet_cond)
-        return cache[guidance][1]
+        unet_cond = cache[guidance][1]
+        self._fill_motion_constants(unet_cond, cond.reference)
+        return unet_cond
+
+    def _fill_motion_constants(self, unet_cond: UNetConditions, reference) -> None:
+        """The temporal modules' motion-frame constants of this clip, rebuilt when the motion features are replaced;
+        none while autograd records (precomputed, they would carry no gradient back to ReferenceNet)."""
+        if reference is None or torch.is_grad_enabled():
+            unet_cond.motion_const = None
+            unet_cond.__dict__.pop("_emo_motion_source", None)
+            return
+        source = tuple(reference.motion.values())
+        held = unet_cond.__dict__.get("_emo_motion_source")
+        if held is None or len(held) != len(source) or any(a is not b for a, b in zip(held, source)):
+            unet_cond.motion_const = self.denoising_unet.motion_constants(reference)
+            unet_cond.__dict__["_emo_motion_source"] = source
 
     @staticmethod
     def plain_conditions(cond: ClipConditions) -> UNetConditions:

@@ -60,6 +60,40 @@ def test_audio_keys_and_values_are_projected_once_per_clip(family_run, monkeypat
     assert all(shape[0] == clip for shape in calls)  # the conditional rows only: CFG's zero audio is skipped
 
 
+@pytest.mark.parametrize("family_run", ["emo", "hallo"], indirect=True)
+def test_motion_constants_and_identity_folds_are_built_once_per_clip(family_run, monkeypatch):
+    """The temporal modules' motion-frame part and the identity cross-attention's folded maps are per-clip work."""
+    from emo_core.models.context_fold import ContextFold
+    from emo_core.models.motion import TemporalTransformer
+
+    net, video = family_run
+    unet = net.denoising_unet
+    with torch.no_grad():
+        folds = len(unet.context_folds(torch.zeros(1, 1, net.config.unet.cross_attention_dim))) \
+            if net.config.identity else 0
+    seen = {"motion": 0, "fold": 0}
+    real_motion, real_fold = TemporalTransformer.motion_constants, ContextFold.compose.__func__
+
+    def motion_constants(self, motion):
+        seen["motion"] += 1
+        return real_motion(self, motion)
+
+    def compose(cls, attn, context):
+        seen["fold"] += 1
+        return real_fold(cls, attn, context)
+
+    monkeypatch.setattr(TemporalTransformer, "motion_constants", motion_constants)
+    monkeypatch.setattr(ContextFold, "compose", classmethod(compose))
+    generate(net, video, SamplerSettings(steps=3, guidance_scale=2.0))
+    clips = -(-video.num_frames // net.config.clip_length)
+    motion_modules = sum(len(b.motion_modules) for b in (*unet.down_blocks, unet.mid_block, *unet.up_blocks)
+                         if b.attentions or (b.apply_plain_motion and b.motion_keys))
+    assert net.config.motion_frames > 0 and motion_modules > 0
+    assert seen["motion"] == clips * motion_modules
+    assert seen["fold"] == clips * folds
+    assert (folds > 0) == (net.config.family == "hallo")
+
+
 def test_the_face_locator_runs_one_frame_of_a_static_mask(emo_net):
     net = emo_net
     mask = (torch.rand(1, net.config.face_locator.conditioning_channels, 64, 64) > 0.5).float()

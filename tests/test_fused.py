@@ -130,3 +130,53 @@ def test_derived_weights_work_on_inference_tensors():
         x = torch.randn(2, 4, 3, 3, dtype=torch.float64)
         assert fused.can_upsample_conv(up, x, None)
         assert_close(fused.upsample_conv(up, x), up(x), atol=1e-12, rtol=1e-12)
+
+
+def test_context_fold_equals_the_identity_cross_attention():
+    """attn2 to a few per-video tokens == one GEMM to all heads' scores and one to the projected output."""
+    from emo_core.models.attention import attend
+    from emo_core.models.context_fold import ContextFold, can_fold_context
+    from diffusers.models.attention_processor import Attention
+
+    torch.manual_seed(8)
+    attn = Attention(query_dim=24, cross_attention_dim=12, heads=3, dim_head=8, bias=False).double()
+    videos, frames, tokens = 2, 3, 5
+    context = torch.randn(videos, 4, 12, dtype=torch.float64)
+    normed = torch.randn(videos * frames, tokens, 24, dtype=torch.float64)
+    x = torch.randn_like(normed)
+    with torch.no_grad():
+        assert can_fold_context(attn)
+        rows = context.repeat_interleave(frames, 0)  # what the plain path feeds attn2: the tokens per frame row
+        want = x + attn(normed, encoder_hidden_states=rows)
+        got = ContextFold.compose(attn, context).apply(normed, x)
+        assert_close(got, want, atol=1e-12, rtol=1e-12)
+        assert_close(attend(attn, normed, attn.to_k(rows), attn.to_v(rows), x), want, atol=1e-12, rtol=1e-12)
+    assert not can_fold_context(Attention(query_dim=24, heads=3, dim_head=8))  # self-attention: nothing to fold
+
+
+@pytest.mark.parametrize("attention_blocks, speed", [(1, False), (2, False), (2, True)])
+def test_motion_constants_give_the_joined_temporal_module(attention_blocks, speed):
+    """Precomputing the motion frames' GroupNorm, proj_in and first-attention projections, and giving the
+    dropped motion frames no queries in the last attention, changes nothing in the current frames' output."""
+    from emo_core.config import MotionConfig
+    from emo_core.models.motion import MotionModule
+
+    torch.manual_seed(9)
+    cfg = MotionConfig(heads=2, attention_blocks=attention_blocks, num_blocks=1, norm_num_groups=4, max_len=16)
+    module = MotionModule(16, cfg, 8 if speed else None, speed_across_frames=True).double().eval()
+    for p in module.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    b, n, f, h, w = 2, 3, 5, 2, 3
+    x = torch.randn(b, 16, f, h, w, dtype=torch.float64)
+    motion_tokens = torch.randn(b, n, h * w, 16, dtype=torch.float64)  # ReferenceFeatures.motion layout
+    motion = motion_tokens.permute(0, 3, 1, 2).reshape(b, 16, n, h, w)
+    tokens = torch.randn(b, f, 4, 8, dtype=torch.float64) if speed else None
+    with torch.no_grad():
+        with fastpath.enabled(False):
+            plain = module(x, motion, tokens)
+        const = module.temporal_transformer.motion_constants(motion_tokens)
+        fast = module(x, None, tokens, const)
+        joined = module(x, motion, tokens)  # fast path without constants: motion rows skip the last attention's queries
+    assert fast.shape == plain.shape == x.shape
+    assert_close(fast, plain, atol=1e-12, rtol=1e-12)
+    assert_close(joined, plain, atol=1e-12, rtol=1e-12)

@@ -16,6 +16,7 @@ from torch import nn
 
 from ..errors import InvalidInputError
 from . import fused
+from .context_fold import ContextFold
 from .feedforward import feed_forward
 
 
@@ -29,8 +30,13 @@ def attend(attn: Attention, hidden: torch.Tensor, key: torch.Tensor, value: torc
     """diffusers' AttnProcessor2_0 on already projected keys/values (rows, T, inner): the same SDPA call.
     With `residual`, returns residual + attention (added inside the output GEMM where fused.active(), written
     into `out` when given: a contiguous slice of a larger result)."""
-    rows, heads = hidden.shape[0], attn.heads
-    q = attn.to_q(hidden)
+    return attend_projected(attn, attn.to_q(hidden), key, value, residual, out)
+
+
+def attend_projected(attn: Attention, q: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+                     residual: torch.Tensor | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+    """`attend` with the queries (rows, L, inner) already projected too."""
+    rows, heads = q.shape[0], attn.heads
     dim = q.shape[-1] // heads
     q, k, v = (t.reshape(rows, -1, heads, dim).transpose(1, 2) for t in (q, key, value))
     fast = fused.active()
@@ -97,8 +103,8 @@ class ReferenceTransformerBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, context: torch.Tensor | None, reference: torch.Tensor | None,
                 plain: int = 0) -> torch.Tensor:
-        """x: (rows, tokens, dim); context: (rows, T, D); reference: (rows, R, dim); plain: leading rows that do
-        not attend to the reference (the CFG unconditional half)."""
+        """x: (rows, tokens, dim); context: (rows, T, D), or this block's ContextFold (fastpath); reference:
+        (rows, R, dim); plain: leading rows that do not attend to the reference (the CFG unconditional half)."""
         if self.reference_in_cross:
             x = self_attention(self.attn1, self.norm1(x), x)
             x = self._reference_cross_attention(self.norm2(x), reference, plain, x)
@@ -106,7 +112,9 @@ class ReferenceTransformerBlock(nn.Module):
         x = self._reference_attention(self.norm1(x), reference, plain, x)
         if self.attn2 is not None and context is not None:
             normed, attn = self.norm2(x), self.attn2
-            if self.cross_scale == 1.0 and fused.active() and fused.can_fold(attn):
+            if isinstance(context, ContextFold):  # fastpath: composed once per clip (models.context_fold)
+                x = context.apply(normed, x)
+            elif self.cross_scale == 1.0 and fused.active() and fused.can_fold(attn):
                 x = attend(attn, normed, attn.to_k(context), attn.to_v(context), x)
             else:
                 out = attn(normed, encoder_hidden_states=context)

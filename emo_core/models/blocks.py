@@ -77,7 +77,10 @@ class _LayerStack(nn.Module):
             ref, plain = None, 0
             if inputs.reference is not None:
                 ref, plain, motion = inputs.reference.for_block(attn.reference_key, frames, h, w)
-            y = attn(flat(x), inputs.audio if self.audio_in_cross_slot else inputs.context, ref, plain)
+            context = inputs.audio if self.audio_in_cross_slot else inputs.context
+            if inputs.context_folds and not self.audio_in_cross_slot:
+                context = inputs.context_folds.get(attn.reference_key, context)
+            y = attn(flat(x), context, ref, plain)
             if self.audio_modules:
                 y = self.audio_modules[j](y, inputs.audio, inputs.masks, inputs.motion_scale, inputs.audio_kv,
                                           inputs.audio_plain)
@@ -87,8 +90,18 @@ class _LayerStack(nn.Module):
         elif self.motion_keys and inputs.reference is not None:
             motion = inputs.reference.motion_for(self.motion_keys[j], h, w)
         if self.motion_modules:
-            x = self.motion_modules[j](x, motion, inputs.speed)
+            module = self.motion_modules[j]
+            const = inputs.motion_const.get(module.cache_key) if inputs.motion_const else None
+            x = module(x, motion, inputs.speed, const)
         return x
+
+    def motion_key(self, j: int) -> str | None:
+        """The ReferenceNet path whose motion-frame features layer j's temporal module reads, or None."""
+        if not self.motion_modules:
+            return None
+        if self.attentions:
+            return self.attentions[j].reference_key
+        return self.motion_keys[j] if self.apply_plain_motion and self.motion_keys else None
 
 
 def _resnet(cfg: EmoNetConfig, c_in: int, c_out: int, temb: int) -> ResnetBlock2D:

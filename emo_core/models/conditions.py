@@ -70,6 +70,10 @@ class UNetConditions:
     reference: ReferenceNet features, or None.
     audio_kv: the audio modules' keys/values of the videos after the first `audio_plain` (whose audio is all
         zeros), by module path (fastpath; EmoNet.denoise fills them once per clip), or None.
+    motion_const: each temporal module's motion-frame part (motion.MotionConst) by module path (fastpath, once
+        per clip), or None.
+    context_folds: each identity cross-attention's ContextFold of `context` by block path (fastpath, once per
+        clip), or None.
     """
     audio: torch.Tensor
     context: torch.Tensor | None = None
@@ -80,6 +84,8 @@ class UNetConditions:
     reference: ReferenceFeatures | None = None
     audio_kv: dict | None = None
     audio_plain: int = 0
+    motion_const: dict | None = None
+    context_folds: dict | None = None
 
 
 @dataclass
@@ -94,10 +100,12 @@ class LayerInputs:
     reference: ReferenceFeatures | None
     audio_kv: dict | None = None
     audio_plain: int = 0  # rows (videos x frames)
+    motion_const: dict | None = None
+    context_folds: dict | None = None
 
     @classmethod
     def build(cls, cond: UNetConditions, frames: int) -> LayerInputs:
         context = None if cond.context is None else cond.context.repeat_interleave(frames, dim=0)
         audio = None if cond.audio is None else cond.audio.flatten(0, 1)
         return cls(frames, context, audio, cond.masks, cond.motion_scale, cond.speed, cond.reference,
-                   cond.audio_kv, cond.audio_plain * frames)
+                   cond.audio_kv, cond.audio_plain * frames, cond.motion_const, cond.context_folds)

@@ -6,6 +6,8 @@ Motion frames (previous clip's features) are concatenated in front of the curren
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from diffusers.models.attention import FeedForward
 from diffusers.models.attention_processor import Attention
@@ -16,7 +18,7 @@ from torch import nn
 from .. import fastpath
 from ..config import MotionConfig
 from . import fused
-from .attention import self_attention
+from .attention import attend, attend_projected, self_attention
 from .feedforward import feed_forward
 
 
@@ -35,9 +37,27 @@ class TemporalAttention(Attention):
         """hidden_states: (batch * tokens, frames, dim)."""
         return super().forward(self.pos_encoder(hidden_states), **kwargs)
 
-    def residual(self, normed: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        """x + self(normed), fused on the fast path (models.fused)."""
+    def residual(self, normed: torch.Tensor, x: torch.Tensor, skip: int = 0) -> torch.Tensor:
+        """x + self(normed), fused on the fast path (models.fused). `skip`: the first `skip` frames (motion frames
+        dropped after this layer) still give keys and values but get no output: x[:, skip:] + attention."""
+        if skip:
+            posed = self.pos_encoder(normed)
+            return attend(self, posed[:, skip:], self.to_k(posed), self.to_v(posed), x[:, skip:])
         return self_attention(self, self.pos_encoder(normed), x) if fused.active() else x + self(normed)
+
+    def with_motion_const(self, normed: torch.Tensor, current: torch.Tensor, const: MotionConst,
+                          skip: bool = False) -> torch.Tensor:
+        """The first attention of a temporal module whose motion frames' part is precomputed (MotionConst):
+        normed/current are the current frames' rows (b*h*w, f, dim). Returns [motion; current] rows + attention,
+        or the current rows only with `skip`."""
+        n, f = const.tokens.shape[1], current.shape[1]
+        posed = normed + self.pos_encoder.pe[:, n:n + f]  # positions continue after the motion frames
+        key = torch.cat([const.key, self.to_k(posed)], 1)
+        value = torch.cat([const.value, self.to_v(posed)], 1)
+        if skip:
+            return attend(self, posed, key, value, current)
+        query = torch.cat([const.query, self.to_q(posed)], 1)
+        return attend_projected(self, query, key, value, torch.cat([const.tokens, current], 1))
 
 
 class SpeedAttention(nn.Module):
@@ -83,16 +103,26 @@ class TemporalBlock(nn.Module):
         self.ff = FeedForward(dim, activation_fn="geglu")
         self.ff_norm = nn.LayerNorm(dim)
 
-    def forward(self, x, speed, n_motion: int, tokens: int, drop_motion: bool = False):
-        """x: (batch * tokens, motion + current frames, dim). drop_motion: return the current frames only (the
-        feed-forward is per token, so the motion frames' is not computed when they are dropped next)."""
-        for attention, norm in zip(self.attention_blocks, self.norms):
-            x = attention.residual(norm(x), x)
+    def forward(self, x, speed, n_motion: int, tokens: int, drop_motion: bool = False,
+                const: MotionConst | None = None):
+        """x: (batch * tokens, motion + current frames, dim), or the current frames only with `const` (the motion
+        frames' first-attention inputs, precomputed per clip). drop_motion: return the current frames only; the
+        motion frames then get no output from the last attention and no feed-forward (fast path)."""
+        present = 0 if const is not None else n_motion  # motion rows in front of x
+        last = len(self.attention_blocks) - 1
+        for i, (attention, norm) in enumerate(zip(self.attention_blocks, self.norms)):
+            skip = drop_motion and i == last and fastpath.is_on()
+            if i == 0 and const is not None:
+                x = attention.with_motion_const(norm(x), x, const, skip)
+                present = 0 if skip else n_motion
+            else:
+                x = attention.residual(norm(x), x, present if skip else 0)
+                present = 0 if skip else present
         if self.speed is not None and speed is not None:
-            current = self.speed(x[:, n_motion:], speed, tokens)
-            x = torch.cat([x[:, :n_motion], current], dim=1)
+            current = self.speed(x[:, present:], speed, tokens)
+            x = torch.cat([x[:, :present], current], dim=1) if present else current
         if drop_motion:
-            x = x[:, n_motion:]
+            x = x[:, present:]
         return feed_forward(self.ff, self.ff_norm, x)
 
 
@@ -107,18 +137,44 @@ class TemporalTransformer(nn.Module):
         self.proj_out = nn.Linear(inner, channels)
 
     def forward(self, x: torch.Tensor, speed: torch.Tensor | None, n_motion: int,
-                drop_motion: bool = False) -> torch.Tensor:
+                drop_motion: bool = False, const: MotionConst | None = None) -> torch.Tensor:
         """x: (batch, C, frames, h, w) -> same shape, or without the first n_motion frames when drop_motion
-        (the last block then skips their feed-forward, and proj_out their tokens). GroupNorm is per frame."""
+        (the last block then skips their feed-forward, and proj_out their tokens). GroupNorm is per frame.
+        const: x holds the current frames only and the motion frames' constant part comes from `const`
+        (motion_constants), dropped after."""
         b, c, f, h, w = x.shape
         flat = rearrange(x, "b c f h w -> (b f) c h w")
         tokens = rearrange(self.norm(flat), "(b f) c h w -> (b h w) f c", f=f)
         tokens = self.proj_in(tokens)
         last = len(self.transformer_blocks) - 1
+        drop_motion = drop_motion or const is not None
         for i, block in enumerate(self.transformer_blocks):
-            tokens = block(tokens, speed, n_motion, h * w, drop_motion and i == last)
+            tokens = block(tokens, speed, n_motion, h * w, drop_motion and i == last, const if i == 0 else None)
         out = rearrange(self.proj_out(tokens), "(b h w) f c -> b c f h w", b=b, h=h, w=w)
-        return out + (x[:, :, n_motion:] if drop_motion else x)
+        return out + (x[:, :, n_motion:] if drop_motion and const is None else x)
+
+    def motion_constants(self, motion: torch.Tensor) -> MotionConst:
+        """The motion frames' part of this module that stays the same for every step of a clip: motion tokens
+        (b, n, h*w, C) through the per-frame GroupNorm and proj_in, and the first attention's queries, keys and
+        values of them (their positions 0..n-1). Each is (b*h*w, n, inner)."""
+        n = motion.shape[1]
+        normed = self.norm(rearrange(motion, "b n l c -> (b n) c l"))  # per frame, like forward's
+        tokens = self.proj_in(rearrange(normed, "(b n) c l -> (b l) n c", n=n))
+        block = self.transformer_blocks[0]
+        attn = block.attention_blocks[0]
+        posed = attn.pos_encoder(block.norms[0](tokens))
+        return MotionConst(tokens, attn.to_q(posed), attn.to_k(posed), attn.to_v(posed))
+
+
+@dataclass
+class MotionConst:
+    """One temporal module's per-clip motion-frame part (TemporalTransformer.motion_constants): the motion frames
+    depend only on ReferenceNet, so until the first attention mixes them with the current frames they are the
+    same at every step."""
+    tokens: torch.Tensor  # proj_in(GroupNorm(motion)): the first attention's residual for those rows
+    query: torch.Tensor
+    key: torch.Tensor
+    value: torch.Tensor
 
 
 class MotionModule(nn.Module):
@@ -127,11 +183,15 @@ class MotionModule(nn.Module):
     def __init__(self, channels: int, cfg: MotionConfig, speed_dim: int | None = None,
                  speed_across_frames: bool = False):
         super().__init__()
+        self.cache_key = ""  # its module path, set by DenoisingUNet (the key of its MotionConst)
         self.temporal_transformer = TemporalTransformer(channels, cfg, speed_dim, speed_across_frames)
 
     def forward(self, x: torch.Tensor, motion: torch.Tensor | None = None,
-                speed: torch.Tensor | None = None) -> torch.Tensor:
-        """x: (b, C, F, h, w) current frames; motion: (b, C, n, h, w) placed before them, dropped after."""
+                speed: torch.Tensor | None = None, const: MotionConst | None = None) -> torch.Tensor:
+        """x: (b, C, F, h, w) current frames; motion: (b, C, n, h, w) placed before them, dropped after.
+        const: the motion frames' precomputed part (fast path; `motion` is then not read)."""
+        if const is not None:
+            return self.temporal_transformer(x, speed, const.tokens.shape[1], const=const)
         if motion is None or motion.shape[2] == 0:
             return self.temporal_transformer(x, speed, 0)
         n = motion.shape[2]

@@ -9,6 +9,8 @@ from ..config import EmoNetConfig
 from .attention import AudioModule, SpatialTransformer
 from .blocks import BlockSpec, DownBlock, MidBlock, UpBlock, flat, unflat
 from .conditions import LayerInputs, UNetConditions
+from .context_fold import ContextFold, can_fold_context
+from .motion import MotionModule
 
 
 def block_specs(cfg: EmoNetConfig) -> tuple[list[BlockSpec], BlockSpec, list[BlockSpec]]:
@@ -58,7 +60,7 @@ class DenoisingUNet(nn.Module):
             if isinstance(module, SpatialTransformer):
                 module.reference_key = f"{name}.transformer_blocks.0"
                 module.transformer_blocks[0].reference_key = module.reference_key
-            if isinstance(module, AudioModule):
+            if isinstance(module, (AudioModule, MotionModule)):
                 module.cache_key = name
         if cfg.plain_block_motion:
             self._set_plain_motion_keys()
@@ -90,6 +92,31 @@ class DenoisingUNet(nn.Module):
         """Every audio module's cross-attention keys/values for audio rows (rows, T, A), by module path."""
         return {m.cache_key: m.transformer_blocks[0].project_audio(audio)
                 for m in self.modules() if isinstance(m, AudioModule)}
+
+    def context_folds(self, context: torch.Tensor) -> dict:
+        """Each identity cross-attention's ContextFold of the per-video tokens context (V, T, D), by block path
+        (not the EchoMimic layers, whose cross-attention slot takes the audio)."""
+        out = {}
+        for block in (*self.down_blocks, self.mid_block, *self.up_blocks):
+            if block.audio_in_cross_slot:
+                continue
+            for transformer in block.attentions:
+                inner = transformer.transformer_blocks[0]
+                if not inner.reference_in_cross and inner.cross_scale == 1.0 and can_fold_context(inner.attn2):
+                    out[transformer.reference_key] = ContextFold.compose(inner.attn2, context)
+        return out
+
+    def motion_constants(self, reference) -> dict:
+        """Each temporal module's MotionConst (its motion frames' part, the same at every step of a clip) by module
+        path, for the modules whose motion frames ReferenceFeatures holds (fastpath: once per clip)."""
+        out = {}
+        for block in (*self.down_blocks, self.mid_block, *self.up_blocks):
+            for j, module in enumerate(block.motion_modules):
+                key = block.motion_key(j)
+                motion = None if key is None else reference.motion.get(key)
+                if motion is not None and motion.shape[1] > 0:
+                    out[module.cache_key] = module.temporal_transformer.motion_constants(motion)
+        return out
 
     def forward(self, sample: torch.Tensor, timestep: torch.Tensor | int, cond: UNetConditions) -> torch.Tensor:
         batch, _, frames = sample.shape[:3]
