@@ -94,6 +94,21 @@ def test_motion_constants_and_identity_folds_are_built_once_per_clip(family_run,
     assert (folds > 0) == (net.config.family == "hallo")
 
 
+@pytest.mark.parametrize("family_run", ["hallo"], indirect=True)
+def test_a_run_under_inference_mode_equals_one_under_no_grad(family_run):
+    """ComfyUI runs nodes under torch.inference_mode (weights and every cached tensor are inference tensors):
+    the per-clip caches must work there and give the same video."""
+    net, video = family_run
+    settings = SamplerSettings(steps=2, guidance_scale=2.0, seed=3)
+    with torch.no_grad():
+        want = generate(net, video, settings)
+    with torch.inference_mode():
+        loaded = copy.deepcopy(net)  # weights made in inference mode, as ComfyUI's loader makes them
+        got = generate(loaded, video, settings)
+    assert next(loaded.parameters()).is_inference()
+    assert_close(got, want, atol=1e-6, rtol=1e-6)
+
+
 def test_the_face_locator_runs_one_frame_of_a_static_mask(emo_net):
     net = emo_net
     mask = (torch.rand(1, net.config.face_locator.conditioning_channels, 64, 64) > 0.5).float()
