@@ -9,8 +9,9 @@ from a real `generate` run: Hallo's reference copies as motion frames, CFG 3.5).
 per-clip caches off (`emo_core.fastpath.enabled(False)`), "fast" with them on; both give the same latents
 (the max difference is printed). A step is one `net.denoise` (both CFG halves, one batched UNet forward); a
 clip (`--clip`) is a whole `generate` of one clip: ReferenceNet on the reference and the motion frames, the
-per-clip caches, `--steps` steps. CPU seconds are the process's (all threads); the ratio fast / plain is the
-figure. Each mode gets an untimed warm-up, then the modes alternate and the medians are printed.
+per-clip caches, `--clip-steps` steps (default `--steps`). CPU seconds are the process's (all threads); the
+ratio fast / plain is the figure. Each mode gets an untimed warm-up, then the modes alternate and the medians
+are printed.
 """
 from __future__ import annotations
 
@@ -86,6 +87,8 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--compile", action="store_true", help="also time the inductor-compiled UNet (fast path)")
     p.add_argument("--clip", action="store_true", help="also time a whole clip (ReferenceNet included)")
+    p.add_argument("--clip-steps", type=int, default=0,
+                   help="denoising steps of the timed clip (default --steps; Hallo renders with 40)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -110,9 +113,11 @@ def main() -> None:
                 return fn()
         return run
 
+    clip_steps = args.clip_steps or args.steps
+
     def clip():
         with torch.no_grad():
-            out = generate(net, v, SamplerSettings(steps=args.steps, guidance_scale=args.guidance, seed=1))
+            out = generate(net, v, SamplerSettings(steps=clip_steps, guidance_scale=args.guidance, seed=1))
         sync()
         return out
 
@@ -126,7 +131,7 @@ def main() -> None:
         print(f"compile + first step: {time.perf_counter() - start:.1f} s")
         results.update(interleaved({"fast+compiled": in_mode(step, True)}, args.steps))
     clips = interleaved({"plain": in_mode(clip, False), "fast": in_mode(clip, True)}, 1) if args.clip else {}
-    for what, table in (("step", results), (f"clip ({args.steps} steps)", clips)):
+    for what, table in (("step", results), (f"clip ({clip_steps} steps)", clips)):
         if not table:
             continue
         base_wall, base_cpu, base_out = table["plain"]
