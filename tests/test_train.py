@@ -18,6 +18,7 @@ from emo_core.config import EmoNetConfig
 from emo_core.network import EmoNet
 from emo_core.train import stages
 from emo_core.train.config import STAGE_GROUPS, STAGES, TrainConfig, load_config, parse_override
+from train_helpers import plain_cpu_kernels  # noqa: F401  (autouse fixture)
 from train_helpers import (ListDataset, data_shape, load_in_loader_node, read_losses, tiny_samples,
                            write_network_config)
 
@@ -25,15 +26,6 @@ NET = tiny_emo_config(clip_length=4, motion_frames=2)
 PIXELS = 96  # latent 12x12; at 8x8 the lowest level is 1x1, where CPU GroupNorm backward crashes
 FRAMES = NET.clip_length + NET.motion_frames + 2
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _plain_cpu_kernels():
-    """oneDNN off for this module: at these toy sizes its kernels cost ~5x torch's own on the CPU and ~20 s of
-    set-up per new shape (measured: first stage-1 backward 19 s vs 2 s), which would dominate the suite."""
-    before = torch.backends.mkldnn.enabled
-    torch.backends.mkldnn.enabled = False
-    yield
-    torch.backends.mkldnn.enabled = before
 
 
 def _dataset(count=4, **kw):
@@ -192,7 +184,7 @@ def _free_port() -> int:
 LAUNCH = """
 import sys
 import torch
-torch.backends.mkldnn.enabled = False  # as the in-process run (_plain_cpu_kernels)
+torch.backends.mkldnn.enabled = False  # as the in-process run (plain_cpu_kernels)
 sys.path.insert(0, {tests!r})
 from test_train import DDP_SETTINGS, _config, _dataset
 from emo_core.train.trainer import train

@@ -12,18 +12,11 @@ import torch
 from emo_core.errors import InvalidConfigError
 from emo_core.train.shards import ShardWriter
 from test_train import FRAMES, NET, PIXELS, _config, _dataset
+from train_helpers import plain_cpu_kernels  # noqa: F401  (autouse fixture)
 from train_helpers import data_shape, tiny_samples
 
 HELD_OUT_SEED = 7  # tiny_samples' seed for the held-out shard: other frames, audio and speeds than the training data
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _plain_cpu_kernels():
-    """oneDNN off, as in test_train.py: at these toy sizes its kernels cost far more than torch's own."""
-    before = torch.backends.mkldnn.enabled
-    torch.backends.mkldnn.enabled = False
-    yield
-    torch.backends.mkldnn.enabled = before
 
 
 def _shard_folder(folder: Path, samples) -> Path:

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from conftest import shared_file, tiny_emo_config_for_fixture_audio
+from train_helpers import plain_cpu_kernels  # noqa: F401  (autouse fixture)
 from train_helpers import load_in_loader_node, write_network_config
 
 NET = tiny_emo_config_for_fixture_audio(clip_length=4, motion_frames=2)
@@ -29,14 +30,6 @@ STAGE2 = dict(max_steps=600, trainable='["reference","backbone","face_locator","
 STAGE3 = dict(max_steps=600, seed=44)  # the stage's own groups: temporal + speed (audio and backbone frozen)
 TIMESTEPS = (200, 350, 500, 650, 800)
 
-
-@pytest.fixture(scope="module", autouse=True)
-def _plain_cpu_kernels():
-    """oneDNN off, as in test_train.py: at these toy sizes its kernels cost more than torch's own."""
-    before = torch.backends.mkldnn.enabled
-    torch.backends.mkldnn.enabled = False
-    yield
-    torch.backends.mkldnn.enabled = before
 
 
 @pytest.fixture(scope="module")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
 from emo_core.train.shards import ClipSample
@@ -72,3 +73,14 @@ def load_in_loader_node(trained: Path, models_root: Path, monkeypatch, config):
     assert info["speed"] is True and model.config.speed is not None
     assert (info["clip_length"], info["motion_frames"]) == (config.clip_length, config.motion_frames)
     return model, info
+
+
+@pytest.fixture(scope="module", autouse=True)
+def plain_cpu_kernels():
+    """oneDNN off for the importing test module: at these toy sizes its kernels cost ~5x torch's own on the CPU and
+    ~20 s of set-up per new shape (measured: first stage-1 backward 19 s vs 2 s), which would dominate the suite.
+    Autouse in every module that imports it."""
+    before = torch.backends.mkldnn.enabled
+    torch.backends.mkldnn.enabled = False
+    yield
+    torch.backends.mkldnn.enabled = before
