@@ -9,7 +9,11 @@ float32 and in bfloat16 (bf16 stands in for autocast: Accelerate's bf16 keeps fp
 gradients and Adam stay fp32 in the table). Not counted: the allocator's fragmentation, temporaries of a single
 op, CUDA context (~0.5 GiB) and the VAE (latents precomputed by emo-prepare).
 
-    python bench/train_memory.py [--pixels 512]
+With `--shard N` (default 8) two more columns: under `sharding = "fsdp"` over N processes the fp32 states are
+split N ways (FSDP2 full sharding), and what a step gathers on top of them in bf16: ReferenceNet, the encoders
+and the other root-group tensors for the whole step, plus the largest backbone block while it runs.
+
+    python bench/train_memory.py [--pixels 512] [--shard 8]
 """
 from __future__ import annotations
 
@@ -149,13 +153,27 @@ def states(stage: str) -> tuple[int, int]:
     return total, trained
 
 
+def gathered_params() -> int:
+    """Parameters a sharded step holds gathered at its peak (sharding.py's groups): everything outside the
+    backbone's blocks, plus the largest backbone block."""
+    from emo_core.train.sharding import shard_blocks
+
+    with torch.device("meta"):
+        net = EmoNet(emo_preset())
+    blocks = [sum(p.numel() for p in b.parameters()) for b in shard_blocks(net.denoising_unet)]
+    return sum(p.numel() for p in net.parameters()) - sum(blocks) + max(blocks)
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--pixels", type=int, default=512)
+    p.add_argument("--shard", type=int, default=8, help="processes of the FSDP columns")
     args = p.parse_args()
+    gathered = 2 * gathered_params()  # bf16 copies
     print(f"| stage | params (all / trained) | weights+grads+Adam+EMA fp32 | activations fp32, ckpt off / on "
-          f"| activations bf16, ckpt off / on | total bf16 + ckpt |")
-    print("|---|---|---|---|---|---|")
+          f"| activations bf16, ckpt off / on | total bf16 + ckpt | FSDP x{args.shard}: states / gathered bf16 "
+          f"| FSDP x{args.shard} total bf16 + ckpt |")
+    print("|---|---|---|---|---|---|---|---|")
     for stage in ("stage1", "stage2", "stage3"):
         total, trained = states(stage)
         fixed = 4 * total + (4 + 8 + 4) * trained
@@ -164,7 +182,9 @@ def main() -> None:
         print(f"| {stage} | {total / 1e6:.0f} M / {trained / 1e6:.0f} M | {fixed / GIB:.1f} GiB "
               f"| {acts[(torch.float32, False)] / GIB:.1f} / {acts[(torch.float32, True)] / GIB:.1f} GiB "
               f"| {acts[(torch.bfloat16, False)] / GIB:.1f} / {acts[(torch.bfloat16, True)] / GIB:.1f} GiB "
-              f"| {(fixed + acts[(torch.bfloat16, True)]) / GIB:.1f} GiB |")
+              f"| {(fixed + acts[(torch.bfloat16, True)]) / GIB:.1f} GiB "
+              f"| {fixed / args.shard / GIB:.1f} / {gathered / GIB:.1f} GiB "
+              f"| {(fixed / args.shard + gathered + acts[(torch.bfloat16, True)]) / GIB:.1f} GiB |")
 
 
 if __name__ == "__main__":

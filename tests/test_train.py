@@ -3,23 +3,19 @@ exact resume and the written files working in the loader node and the sampler. T
 from __future__ import annotations
 
 import dataclasses
-import os
-import socket
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import ROOT, parity_dir, shared_file, tiny_emo_config
+from conftest import parity_dir, shared_file, tiny_emo_config
 from emo_core.config import EmoNetConfig
 from emo_core.network import EmoNet
 from emo_core.train import stages
 from emo_core.train.config import STAGE_GROUPS, STAGES, TrainConfig, load_config, parse_override
 from train_helpers import plain_cpu_kernels  # noqa: F401  (autouse fixture)
-from train_helpers import (ListDataset, data_shape, load_in_loader_node, read_losses, tiny_samples,
+from train_helpers import (ListDataset, data_shape, launch, load_in_loader_node, read_losses, tiny_samples,
                            write_network_config)
 
 NET = tiny_emo_config(clip_length=4, motion_frames=2)
@@ -175,24 +171,6 @@ def _assert_same_weights(a: str, b: str, atol: float) -> float:
     return max(float(v.abs().max()) for k, v in wa.items() if k.endswith("speed.attn.to_out.0.weight"))
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-LAUNCH = """
-import sys
-import torch
-torch.backends.mkldnn.enabled = False  # as the in-process run (plain_cpu_kernels)
-sys.path.insert(0, {tests!r})
-from test_train import DDP_SETTINGS, _config, _dataset
-from emo_core.train.trainer import train
-from pathlib import Path
-train(_config(Path({tmp!r}), **DDP_SETTINGS), _dataset(), {out!r})
-"""
-
-
 # Adam divides by sqrt(v): for tensors whose gradient is zero up to rounding (inputs of the zero-initialised speed
 # output) it turns summation-order noise into full-size steps. eps = 1 keeps each step proportional to the
 # gradient, so the comparison checks what DDP is responsible for: the averaged gradients.
@@ -203,13 +181,7 @@ def test_two_processes_equal_one_with_the_same_global_batch(tmp_path):
     """DDP over gloo on the CPU: 2 processes x 1 sample == 1 process x 2 samples (same global batch)."""
     from emo_core.train.trainer import train
     single = train(_config(tmp_path, **DDP_SETTINGS), _dataset(), str(tmp_path / "one"))
-    script = tmp_path / "launch.py"
-    script.write_text(LAUNCH.format(tests=str(ROOT / "tests"), tmp=str(tmp_path), out=str(tmp_path / "two")))
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-           str(_free_port()), str(script)]
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
+    launch(tmp_path, tmp_path / "two", DDP_SETTINGS)
     two = read_losses(tmp_path / "two")
     assert two.keys() == single.losses.keys()
     assert all(abs(two[s] - single.losses[s]) <= 1e-6 for s in two)

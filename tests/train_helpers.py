@@ -3,6 +3,10 @@ emo_core.train.synthetic / prepare when those tests want the full data path)."""
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -84,3 +88,36 @@ def plain_cpu_kernels():
     torch.backends.mkldnn.enabled = False
     yield
     torch.backends.mkldnn.enabled = before
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+LAUNCH = """
+import sys
+import torch
+torch.backends.mkldnn.enabled = False  # as the in-process runs (plain_cpu_kernels)
+sys.path.insert(0, {tests!r})
+from test_train import _config, _dataset
+from emo_core.train.trainer import train
+from pathlib import Path
+train(_config(Path({tmp!r}), **{overrides!r}), _dataset(), {out!r}, resume={resume!r})
+"""
+
+
+def launch(tmp: Path, out: Path, overrides: dict, resume: bool = False, processes: int = 2) -> None:
+    """`processes` gloo processes under torchrun, one thread each, training test_train's tiny config with
+    `overrides` into `out`. One run per launch: accelerate's end_training destroys the process group."""
+    from conftest import ROOT
+
+    script = tmp / "launch.py"
+    script.write_text(LAUNCH.format(tests=str(ROOT / "tests"), tmp=str(tmp), overrides=overrides, out=str(out),
+                                    resume=resume))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_port",
+           str(free_port()), str(script)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]

@@ -22,6 +22,7 @@ from ..errors import InvalidConfigError
 STAGES = ("stage1", "stage2", "stage3", "hallo_speed")
 GROUPS = ("reference", "backbone", "face_locator", "identity", "temporal", "audio", "speed")
 PRECISIONS = ("no", "fp16", "bf16")
+SHARDINGS = ("none", "fsdp")
 # Which parameter groups train in each stage (paper 4.1; stages.py says which tensors a group holds).
 STAGE_GROUPS = {
     "stage1": ("reference", "backbone", "face_locator"),
@@ -51,6 +52,9 @@ class TrainConfig:
     sample_every: steps between sample clips (0 = none), `sample_steps` denoising steps each. preview_data: a
     folder of prepared shards held out from training ("" = the training data); preview_samples: which of its
     samples (indices in shard order), one clip each; preview_frames: frames per clip (0 = the whole sample).
+    sharding: "none" (every process holds the whole network; DDP across processes) or "fsdp" (torch FSDP2: the
+    weights, gradients, AdamW moments and EMA are split over the processes, gathered block by block as they run;
+    needs 2 or more processes and mixed_precision "bf16" or "no"). See sharding.py.
     """
     stage: str = "stage3"
     network: str = "emo"
@@ -87,6 +91,7 @@ class TrainConfig:
     preview_samples: tuple[int, ...] = (0,)
     preview_frames: int = 0
     num_workers: int = 2
+    sharding: str = "none"
 
     def groups(self) -> tuple[str, ...]:
         return self.trainable or STAGE_GROUPS[self.stage]
@@ -111,6 +116,10 @@ class TrainConfig:
         for name in ("checkpoint_every", "log_every", "sample_every", "keep_checkpoints", "num_workers",
                      "lr_warmup_steps", "sample_steps", "preview_frames"):
             _require(getattr(self, name) >= 0, name, getattr(self, name), "need >= 0")
+        _require(self.sharding in SHARDINGS, "sharding", self.sharding, f"choose one of {SHARDINGS}")
+        # fp16 needs a gradient scaler that knows the optimizer; Accelerate's does not see a sharded run's.
+        _require(self.sharding != "fsdp" or self.mixed_precision != "fp16", "sharding", self.sharding,
+                 "fp16 loss scaling is not wired for sharded runs; use mixed_precision = \"bf16\" (or \"no\") with it")
         _require(len(self.preview_samples) > 0 and all(isinstance(i, int) and i >= 0 for i in self.preview_samples),
                  "preview_samples", self.preview_samples, "need a list of sample indices >= 0, e.g. [0, 5]")
         return self

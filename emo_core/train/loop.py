@@ -9,7 +9,7 @@ import time
 import torch
 
 from .. import fastpath
-from . import order
+from . import order, sharding
 from .batches import build_batch
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,6 @@ def run_loop(cfg, accelerator, model, optimizer, scheduler, ema, state, dataset,
     codec: the run's (encode, decode) (trainer.latent_codec); previews: a previews.PreviewSource or None."""
     from tqdm.auto import tqdm
 
-    from .previews import write_previews
     from .trainer import LOSS_FILE, save_checkpoint
 
     cfg.per_process_batch(accelerator.num_processes)
@@ -54,10 +53,13 @@ def run_loop(cfg, accelerator, model, optimizer, scheduler, ema, state, dataset,
             with accelerator.accumulate(model):
                 loss = model(batch)
                 accelerator.backward(loss)
-                if accelerator.sync_gradients and cfg.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+                # Guarded here, not by Accelerate's optimizer wrapper: a sharded run's optimizer is not wrapped.
+                if accelerator.sync_gradients:
+                    if cfg.max_grad_norm > 0:
+                        clip = sharding.clip_grad_norm_ if cfg.sharding == "fsdp" else accelerator.clip_grad_norm_
+                        clip(params, cfg.max_grad_norm)
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
             running.append(accelerator.reduce(loss.detach().float(), reduction="mean"))
             if not accelerator.sync_gradients:
                 continue
@@ -71,14 +73,25 @@ def run_loop(cfg, accelerator, model, optimizer, scheduler, ema, state, dataset,
             _report(cfg, accelerator, state.step, value, scheduler, bar, out, LOSS_FILE, time.perf_counter() - started)
             if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0 and state.step < cfg.max_steps:
                 save_checkpoint(cfg, accelerator, state, out)
-            if previews is not None and state.step % cfg.sample_every == 0 and accelerator.is_main_process:
-                write_previews(cfg, accelerator, accelerator.unwrap_model(model).net, previews, encode, decode, ema,
-                               state.step, out)
+            if previews is not None and state.step % cfg.sample_every == 0:
+                _previews(cfg, accelerator, model, previews, codec, ema, state.step, out)
     bar.close()
     done = len(losses) * cfg.batch_size
     log.info("%d samples in %.1f s (%.2f samples/s)", done, time.perf_counter() - started,
              done / max(time.perf_counter() - started, 1e-9))
     return losses
+
+
+def _previews(cfg, accelerator, model, previews, codec, ema, step: int, out: str) -> None:
+    """Sample clips on the main process. A sharded network is first gathered into a plain copy (every process
+    takes part), since the sampler's forward would need every rank at each block."""
+    from .previews import write_previews
+
+    net = accelerator.unwrap_model(model).net
+    if cfg.sharding == "fsdp":
+        net, ema = sharding.gathered_network(model, ema, accelerator.device), None  # the copy holds the EMA weights
+    if accelerator.is_main_process:
+        write_previews(cfg, accelerator, net, previews, *codec, ema, step, out)
 
 
 def _report(cfg, accelerator, step: int, loss: float, scheduler, bar, out: str, loss_file: str,

@@ -1,6 +1,7 @@
 """The training loop on Hugging Face Accelerate: one GPU, many GPUs or nodes (`accelerate launch` or `torchrun`,
-DDP; gloo on CPU), bf16/fp16 mixed precision, gradient accumulation, gradient checkpointing, EMA, checkpoint
-and exact resume, TensorBoard scalars and periodic sample clips, a progress bar with ETA.
+DDP, or torch FSDP2 sharding with `sharding = "fsdp"`, see sharding.py; gloo on CPU), bf16/fp16 mixed precision,
+gradient accumulation, gradient checkpointing, EMA, checkpoint and exact resume, TensorBoard scalars and periodic
+sample clips, a progress bar with ETA.
 
 Exact resume: model, optimiser, LR scheduler, EMA and RNG states go through `accelerator.save_state`; the data
 position is the optimizer step (order.py), and every random draw of a sample is seeded by its global position
@@ -19,7 +20,7 @@ import torch
 from ..checkpoint import load_network, save_native
 from ..errors import InvalidInputError, MissingDependencyError
 from ..network import EmoNet
-from . import order, stages
+from . import order, sharding, stages
 from .batches import SD15_LATENT_SCALE, BatchSpec, Decoder, Encoder, build_batch, pool_encoder
 from .config import TrainConfig
 from .ema import EMA
@@ -107,10 +108,14 @@ def _accelerator(cfg: TrainConfig, out: str):
     except ImportError as err:
         raise MissingDependencyError("training needs Hugging Face Accelerate: pip install 'comfyui-emo[train]'") from err
     trackers = "tensorboard" if _has_tensorboard() else None
+    # Sharded runs cast through FSDP's policy and their own autocast (sharding.py); Accelerate's would add a
+    # gradient scaler that cannot see their optimizer.
+    precision = "no" if cfg.sharding == "fsdp" else cfg.mixed_precision
     # find_unused_parameters: Hallo skips its plain blocks' motion modules, ReferenceNet's last layers feed nothing.
     # cpu: without a GPU, processes started by torchrun / accelerate launch form a gloo group (accelerate only
     # does that when told the run is on the CPU).
-    return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=cfg.mixed_precision, gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+    return Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=precision,
+                       gradient_accumulation_steps=cfg.gradient_accumulation_steps,
                        log_with=trackers, project_config=ProjectConfiguration(project_dir=out, logging_dir=out),
                        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
 
@@ -146,15 +151,23 @@ def train(cfg: TrainConfig, dataset, out: str, resume: bool = False) -> TrainRes
     if cfg.gradient_checkpointing:
         stages.enable_gradient_checkpointing(net)
     model = DiffusionObjective(net)
+    if cfg.sharding == "fsdp":  # before the optimizer and EMA: sharding replaces the parameters
+        model = sharding.shard(model, cfg.mixed_precision, accelerator.num_processes, accelerator.device)
     params = [p for p in net.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
                                   weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon)
     warmup = cfg.lr_warmup_steps
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / (warmup + 1)))
-    model, optimizer = accelerator.prepare(model, optimizer)
+    if cfg.sharding != "fsdp":  # DDP; a sharded model is never wrapped again (sharding.py)
+        model, optimizer = accelerator.prepare(model, optimizer)
     ema = EMA(params, cfg.ema_decay) if cfg.ema else None
     state = TrainState()
-    accelerator.register_for_checkpointing(scheduler, state, *([ema] if ema else []))
+    checkpointed = [scheduler, state]
+    if cfg.sharding == "fsdp":  # each rank saves its own shards of model, optimizer and EMA
+        sharding.register_checkpointing(accelerator, model, optimizer, ema)
+    elif ema is not None:
+        checkpointed.append(ema)
+    accelerator.register_for_checkpointing(*checkpointed)
     if resume:
         _resume(accelerator, out)
     log.info("training %s: %d trainable tensors (%s), global batch %d on %d process(es), step %d of %d",
@@ -211,14 +224,17 @@ def save_checkpoint(cfg: TrainConfig, accelerator, state: TrainState, out: str) 
 def _finish(cfg: TrainConfig, accelerator, model, ema: EMA | None, state: TrainState, out: str,
             losses: dict[int, float]) -> TrainResult:
     save_checkpoint(cfg, accelerator, state, out)
-    net = accelerator.unwrap_model(model).net
-    path, ema_path = os.path.join(out, f"emo_{cfg.stage}.safetensors"), None
-    if accelerator.is_main_process:
+    path = os.path.join(out, f"emo_{cfg.stage}.safetensors")
+    ema_path = os.path.join(out, f"emo_{cfg.stage}_ema.safetensors") if ema is not None else None
+    if cfg.sharding == "fsdp":
+        sharding.save_native_files(model, ema, path, ema_path)
+    elif accelerator.is_main_process:
+        net = accelerator.unwrap_model(model).net
         save_native(net.eval(), path)
         if ema is not None:
-            ema_path = os.path.join(out, f"emo_{cfg.stage}_ema.safetensors")
             with ema.swapped():
                 save_native(net, ema_path)
+    if accelerator.is_main_process:
         with open(os.path.join(out, "train_config.json"), "w", encoding="utf-8") as f:
             json.dump({k: getattr(cfg, k) for k in cfg.__dataclass_fields__}, f, indent=1)
         log.info("wrote %s%s at step %d", path, f" and {ema_path}" if ema_path else "", state.step)
