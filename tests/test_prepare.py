@@ -109,6 +109,25 @@ def test_samples_follow_the_shards_contract(prepared, videos):
         assert s.key == f"{s.meta['video']}/{s.meta['segment']:04d}"
 
 
+def test_lazy_frames_decode_only_what_is_indexed_and_equal_the_whole_decode(prepared, monkeypatch):
+    """The trainer's ShardDataset(lazy_frames=True): every form of index gives the eagerly decoded frames, and a
+    step that picks k frames decodes k of the segment's L."""
+    import emo_core.train.shard_frames as shard_frames
+
+    paths = shard_paths(prepared[0])
+    eager, lazy = ShardDataset(paths)[0], ShardDataset(paths, lazy_frames=True)[0]
+    L = eager.frames.shape[0]
+    assert lazy.frames.shape == eager.frames.shape and len(lazy.frames) == L
+    decoded = []
+    real = shard_frames.decode_image
+    monkeypatch.setattr(shard_frames, "decode_image", lambda data: decoded.append(1) or real(data))
+    picks = [L - 1, 0, L // 2]
+    assert torch.equal(lazy.frames[picks], eager.frames[picks]) and len(decoded) == len(picks)
+    assert torch.equal(lazy.frames[L - 1], eager.frames[L - 1])
+    assert torch.equal(lazy.frames[1:3], eager.frames[1:3]) and torch.equal(lazy.frames.float(), eager.frames)
+    assert all(torch.equal(getattr(lazy, f), getattr(eager, f)) for f in ("face_masks", "audio", "speed"))
+
+
 @pytest.mark.parametrize("stem", ["talk_a", "talk_b"])
 def test_measured_speed_follows_the_true_speed(prepared, videos, stem):
     path, truth = videos[stem]

@@ -15,7 +15,7 @@ from emo_core.network import EmoNet
 from emo_core.train import stages
 from emo_core.train.config import STAGE_GROUPS, STAGES, TrainConfig, load_config, parse_override
 from train_helpers import plain_cpu_kernels  # noqa: F401  (autouse fixture)
-from train_helpers import (ListDataset, data_shape, launch, load_in_loader_node, read_losses, tiny_samples,
+from train_helpers import (ListDataset, Run, data_shape, launch, load_in_loader_node, read_losses, tiny_samples,
                            write_network_config)
 
 NET = tiny_emo_config(clip_length=4, motion_frames=2)
@@ -181,7 +181,7 @@ def test_two_processes_equal_one_with_the_same_global_batch(tmp_path):
     """DDP over gloo on the CPU: 2 processes x 1 sample == 1 process x 2 samples (same global batch)."""
     from emo_core.train.trainer import train
     single = train(_config(tmp_path, **DDP_SETTINGS), _dataset(), str(tmp_path / "one"))
-    launch(tmp_path, tmp_path / "two", DDP_SETTINGS)
+    launch(tmp_path, [Run(tmp_path / "two", DDP_SETTINGS)])
     two = read_losses(tmp_path / "two")
     assert two.keys() == single.losses.keys()
     assert all(abs(two[s] - single.losses[s]) <= 1e-6 for s in two)

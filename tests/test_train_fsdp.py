@@ -3,15 +3,13 @@ with the same global batch, an interrupted sharded run resumes exactly, the nati
 refused. Tiny network, one thread per process."""
 from __future__ import annotations
 
-import shutil
-
 import pytest
 import torch
 
 from emo_core.errors import InvalidConfigError
 from test_train import DDP_SETTINGS, _assert_same_weights, _config, _dataset
 from train_helpers import plain_cpu_kernels  # noqa: F401  (autouse fixture)
-from train_helpers import launch, read_losses
+from train_helpers import Run, launch, read_losses
 
 # EMA on (its shards are checkpointed and gathered too), a checkpoint at step 2, a sample clip at the last step
 # (gathered network on rank 0).
@@ -21,7 +19,7 @@ SHARDED = dict(RUN, sharding="fsdp")
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """One unsharded process; 2 sharded processes for the whole run; 2 fresh sharded processes resuming from a
+    """One unsharded process; 2 sharded processes for the whole run, then (in the same processes) resuming from a
     copy of the whole run's step-2 checkpoint (what a run stopped after step 2 leaves behind)."""
     from emo_core.train.trainer import train
     tmp = tmp_path_factory.mktemp("fsdp")
@@ -33,9 +31,10 @@ def runs(tmp_path_factory):
         single = train(_config(tmp, **RUN), _dataset(), str(tmp / "one"))
     finally:
         torch.set_num_threads(threads)
-    launch(tmp, tmp / "whole", SHARDED)
-    shutil.copytree(tmp / "whole" / "checkpoints" / "step-2", tmp / "resumed" / "checkpoints" / "step-2")
-    launch(tmp, tmp / "resumed", dict(SHARDED, sample_every=0), resume=True)  # clips do not touch training
+    step2 = (tmp / "whole" / "checkpoints" / "step-2", tmp / "resumed" / "checkpoints" / "step-2")
+    # Both in the same two processes: train() can run again after a distributed run.
+    launch(tmp, [Run(tmp / "whole", SHARDED),
+                 Run(tmp / "resumed", dict(SHARDED, sample_every=0), resume=True, seed=step2)])  # clips: no effect
     return single, tmp
 
 

@@ -7,6 +7,7 @@ import os
 import socket
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -97,25 +98,45 @@ def free_port() -> int:
 
 
 LAUNCH = """
+import shutil
 import sys
 import torch
 torch.backends.mkldnn.enabled = False  # as the in-process runs (plain_cpu_kernels)
 sys.path.insert(0, {tests!r})
 from test_train import _config, _dataset
-from emo_core.train.trainer import train
+from emo_core.train.trainer import release_processes, train
 from pathlib import Path
-train(_config(Path({tmp!r}), **{overrides!r}), _dataset(), {out!r}, resume={resume!r})
+for out, overrides, resume, seed in {runs!r}:
+    if seed is not None and torch.distributed.get_rank() == 0:
+        shutil.copytree(seed[0], seed[1])
+    if seed is not None:
+        torch.distributed.barrier()
+    train(_config(Path({tmp!r}), **overrides), _dataset(), out, resume=resume)
+release_processes()
 """
 
 
-def launch(tmp: Path, out: Path, overrides: dict, resume: bool = False, processes: int = 2) -> None:
-    """`processes` gloo processes under torchrun, one thread each, training test_train's tiny config with
-    `overrides` into `out`. One run per launch: accelerate's end_training destroys the process group."""
+@dataclass
+class Run:
+    """One train() call of a launch: `seed` = (folder, copy) is copied by rank 0 before it starts (a checkpoint
+    of an earlier run, to resume from)."""
+    out: Path
+    overrides: dict
+    resume: bool = False
+    seed: tuple[Path, Path] | None = None
+
+    def as_tuple(self):
+        seed = None if self.seed is None else tuple(map(str, self.seed))
+        return str(self.out), self.overrides, self.resume, seed
+
+
+def launch(tmp: Path, runs: list[Run], processes: int = 2) -> None:
+    """`processes` gloo processes under torchrun, one thread each, training test_train's tiny config once per run,
+    one after the other in the same processes (as a stage-2-then-3 script would)."""
     from conftest import ROOT
 
     script = tmp / "launch.py"
-    script.write_text(LAUNCH.format(tests=str(ROOT / "tests"), tmp=str(tmp), overrides=overrides, out=str(out),
-                                    resume=resume))
+    script.write_text(LAUNCH.format(tests=str(ROOT / "tests"), tmp=str(tmp), runs=[r.as_tuple() for r in runs]))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes), "--master_port",
            str(free_port()), str(script)]

@@ -107,15 +107,63 @@ def has_masks(fields: dict[str, bytes]) -> bool:
 
 def decode_frames(fields: dict[str, bytes]) -> np.ndarray:
     """{field: bytes} -> (L, S, S, 3) uint8 RGB, from whichever layout the sample has."""
-    from PIL import Image
-
     if "frames.npy" in fields:
         return load_npy(fields["frames.npy"])
-    images = []
-    for name in frame_members(fields):
-        with Image.open(io.BytesIO(fields[name])) as image:
-            images.append(np.asarray(image.convert("RGB")))
-    return np.stack(images)
+    return np.stack([decode_image(fields[name]) for name in frame_members(fields)])
+
+
+def decode_image(data: bytes) -> np.ndarray:
+    """One frame member -> (S, S, 3) uint8 RGB."""
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+class FrameStack:
+    """A sample's (L, 3, S, S) float32 frames in [-1, 1], decoded when indexed: a training step reads the n + f
+    frames it picks (2 in stage 1) of a segment's L, and precomputed latents need none. Supports what the trainer
+    does with frames: `.shape`, `len()`, `[i]`, `[a:b]`, `[list of indices]`, and `.float()` (all of them)."""
+
+    def __init__(self, fields: dict[str, bytes]):
+        if "frames.npy" in fields:  # raw layout: one array, nothing to save by decoding less
+            self._raw, self._members = load_npy(fields["frames.npy"]), []
+            length, size = self._raw.shape[0], self._raw.shape[1]
+        else:
+            self._raw, self._members = None, [fields[name] for name in frame_members(fields)]
+            length, size = len(self._members), _image_size(self._members[0]) if self._members else 0
+        self.shape = (length, 3, size, size)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index):
+        if isinstance(index, int):
+            return self[[index]][0]
+        picks = range(self.shape[0])[index] if isinstance(index, slice) else [int(i) for i in index]
+        if self._raw is not None:
+            uint8 = self._raw[list(picks)]
+        else:
+            uint8 = np.stack([decode_image(self._members[i]) for i in picks]) if len(picks) else \
+                np.zeros((0, self.shape[2], self.shape[3], 3), np.uint8)
+        return to_unit_range(uint8)
+
+    def float(self):
+        return self[:]
+
+
+def _image_size(data: bytes) -> int:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as image:  # reads the header only
+        return image.size[1]
+
+
+def to_unit_range(frames: np.ndarray):
+    """(N, S, S, 3) uint8 -> (N, 3, S, S) float32 in [-1, 1], contiguous."""
+    import torch
+
+    return torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0).contiguous()
 
 
 def decode_masks(fields: dict[str, bytes]) -> np.ndarray:

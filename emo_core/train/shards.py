@@ -33,8 +33,8 @@ from typing import Sequence
 import torch
 
 from ..errors import CorruptFileError, InvalidInputError
-from .shard_frames import (FrameCodec, decode_frames, decode_masks, encode_frames, encode_masks, has_frames,
-                           has_masks, load_npy, npy)
+from .shard_frames import (FrameCodec, FrameStack, decode_frames, decode_masks, encode_frames, encode_masks,
+                           has_frames, has_masks, load_npy, npy, to_unit_range)
 
 log = logging.getLogger(__name__)
 
@@ -52,9 +52,10 @@ class ClipSample:
     wav2vec2 hidden states of all blocks per frame (AudioFeatures.rows; float16 on disk). speed: (L,) float64
     head rotation speed in rad/s. latents: (L, 4, S/8, S/8) float32 VAE latents already x0.18215, or None.
     fps: frames per second of the segment. meta: json-able (video id, source file name, start frame, crop box).
+    From a `ShardDataset(..., lazy_frames=True)` (the trainer's), frames is a FrameStack, decoded as indexed.
     """
     key: str
-    frames: torch.Tensor
+    frames: torch.Tensor | FrameStack
     face_masks: torch.Tensor
     audio: torch.Tensor
     speed: torch.Tensor
@@ -80,8 +81,9 @@ def encode_sample(sample: ClipSample, codec: FrameCodec = FrameCodec()) -> dict[
     return out
 
 
-def decode_sample(key: str, fields: dict[str, bytes]) -> ClipSample:
-    """{field: bytes} of one key -> ClipSample with the contract's dtypes and layouts."""
+def decode_sample(key: str, fields: dict[str, bytes], lazy_frames: bool = False) -> ClipSample:
+    """{field: bytes} of one key -> ClipSample with the contract's dtypes and layouts (frames a FrameStack, decoded
+    when indexed, with lazy_frames)."""
     missing = [f for f in FIELDS if f not in fields]
     missing += [] if has_frames(fields) else ["frames"]
     missing += [] if has_masks(fields) else ["face_masks"]
@@ -93,13 +95,13 @@ def decode_sample(key: str, fields: dict[str, bytes]) -> ClipSample:
 
     meta = json.loads(fields["meta.json"])
     speed = array("speed.npy").to(torch.float64)
-    frames = torch.from_numpy(decode_frames(fields)).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+    frames = FrameStack(fields) if lazy_frames else to_unit_range(decode_frames(fields))
     masks = torch.from_numpy(decode_masks(fields)).float()[:, None]
     if not frames.shape[0] == masks.shape[0] == speed.shape[0]:
         raise CorruptFileError(f"sample {key} has {frames.shape[0]} frames, {masks.shape[0]} masks and "
                                f"{speed.shape[0]} speeds; prepare the shard again")
     latents = array("latents.npy").float() if "latents.npy" in fields else None
-    return ClipSample(key=key, frames=frames.contiguous(), face_masks=masks, audio=array("audio.npy").float(),
+    return ClipSample(key=key, frames=frames, face_masks=masks, audio=array("audio.npy").float(),
                       speed=speed, latents=latents, fps=float(meta["fps"]), meta=meta)
 
 
@@ -169,9 +171,11 @@ def index_shard(path: str | os.PathLike) -> list[tuple[str, dict[str, tuple[int,
 class ShardDataset(torch.utils.data.Dataset):
     """Map-style over every sample of the given shard files, in a fixed order (sorted shard paths, then
     order inside each shard): len() and __getitem__(i) -> ClipSample. Each shard's member offsets are indexed
-    once here; a read seeks straight to the sample, so a DistributedSampler and exact resume work."""
+    once here; a read seeks straight to the sample, so a DistributedSampler and exact resume work.
+    lazy_frames: samples carry a FrameStack that decodes only the frames a step indexes (the trainer's setting)."""
 
-    def __init__(self, paths: Sequence[str | os.PathLike]):
+    def __init__(self, paths: Sequence[str | os.PathLike], lazy_frames: bool = False):
+        self.lazy_frames = lazy_frames
         self.paths = sorted(str(p) for p in paths)
         if not self.paths:
             raise InvalidInputError("no shard files given; run emo-prepare first and pass its output folder")
@@ -192,7 +196,7 @@ class ShardDataset(torch.utils.data.Dataset):
             for name, (offset, size) in fields.items():
                 f.seek(offset)
                 data[name] = f.read(size)
-        return decode_sample(key, data)
+        return decode_sample(key, data, self.lazy_frames)
 
 
 def shard_paths(root: str | os.PathLike) -> list[str]:

