@@ -21,6 +21,23 @@ SHARED = Path(os.environ["EMO_SHARED_DIR"]).resolve() if os.environ.get("EMO_SHA
 FIXTURES = SHARED / "fixtures"
 
 
+def pytest_configure(config):
+    """Under pytest-xdist (the README's `-n 2`) each worker takes its share of the cores: by default torch would
+    start one thread per core in every worker and the workers' threads would fight over the same cores."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
+    if workers > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
+
+# The longest modules (measured), started first: with `-n 2 --dist loadfile` a long module picked up last would
+# leave the other worker idle to the end.
+LONG_MODULES = ("test_train_synthetic.py", "test_compile.py", "test_train.py", "test_train_fsdp.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    items.sort(key=lambda item: item.path.name not in LONG_MODULES)  # stable: the order inside a module stays
+
+
 def fixtures_missing(why: str):
     """Skip saying why; fail instead when EMO_REQUIRE_PARITY=1 (CI must have every fixture)."""
     if os.environ.get("EMO_REQUIRE_PARITY") == "1":

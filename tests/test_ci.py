@@ -31,7 +31,7 @@ def _pins() -> dict[str, str]:
 def _requirements() -> list[Requirement]:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     extras = project["optional-dependencies"]
-    return [Requirement(r) for r in project["dependencies"] + extras["test"] + extras["batch"]]
+    return [Requirement(r) for r in project["dependencies"] + extras["test"] + extras["batch"] + extras["train"]]
 
 
 def test_ci_installs_with_the_constraints_file():
@@ -40,6 +40,15 @@ def test_ci_installs_with_the_constraints_file():
     assert install and all("-c .ci/constraints.txt" in line for line in install), install
     assert ".ci/versions.py" in script
     assert "-c .ci/constraints.txt" in (ROOT / "README.md").read_text()
+
+
+def test_ci_runs_the_readmes_test_command():
+    """The README's test command is the one CI runs (CI says python3 where a venv's python is meant)."""
+    runs = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if line.startswith("python3 -m pytest")]
+    assert len(runs) == 1, runs
+    readme = (ROOT / "README.md").read_text()
+    assert re.search(rf"^{re.escape(runs[0].replace('python3', 'python', 1))}\s*(#|$)", readme, re.M), runs[0]
+    assert 'pip install -c .ci/constraints.txt -e ".[test,train]"' in readme  # the extras CI installs
 
 
 @pytest.mark.parametrize("req", _requirements(), ids=lambda r: r.name)
