@@ -128,6 +128,32 @@ def test_lazy_frames_decode_only_what_is_indexed_and_equal_the_whole_decode(prep
     assert all(torch.equal(getattr(lazy, f), getattr(eager, f)) for f in ("face_masks", "audio", "speed"))
 
 
+def test_workers_decode_the_frames_a_step_picks_and_the_step_decodes_none(prepared, monkeypatch):
+    """The trainer's loader preloads, in its workers, exactly the frames build_one will draw for that position; the
+    sample crosses to the training process (pickled) with them, and indexing them there decodes nothing."""
+    import pickle
+
+    import emo_core.train.shard_frames as shard_frames
+    from emo_core.train.batches import BatchSpec, pick_frames, preload_picked_frames, sample_generator
+
+    paths = shard_paths(prepared[0])
+    eager, lazy = ShardDataset(paths)[0], ShardDataset(paths, lazy_frames=True)[0]
+    L = eager.frames.shape[0]
+    spec = BatchSpec(video=True, clip_frames=max(1, L // 4), motion_frames=1, speed=False, drop_audio=0.0,
+                     drop_reference=0.0, seed=7)
+    arrived = pickle.loads(pickle.dumps(preload_picked_frames(lazy, 5, spec)))
+    ref, motion, target = pick_frames(L, spec, sample_generator(spec.seed, 5))
+    picked = [ref, *motion, *target]
+
+    def refuse(data):
+        raise AssertionError("a frame was decoded in the training process")
+    monkeypatch.setattr(shard_frames, "decode_image", refuse)
+    assert torch.equal(arrived.frames[picked], eager.frames[picked])
+    unpicked = next(i for i in range(L) if i not in picked)
+    with pytest.raises(AssertionError, match="decoded in the training process"):
+        arrived.frames[unpicked]
+
+
 @pytest.mark.parametrize("stem", ["talk_a", "talk_b"])
 def test_measured_speed_follows_the_true_speed(prepared, videos, stem):
     path, truth = videos[stem]

@@ -90,6 +90,15 @@ def pick_frames(length: int, spec: BatchSpec, gen: torch.Generator) -> tuple[int
     return ref, [], [target + (target >= ref and length > 1)]
 
 
+def preload_picked_frames(sample, position: int, spec: BatchSpec):
+    """Decode now the frames build_one will pick for `sample` at global `position` (same draw), when its frames are
+    a lazy FrameStack and no latents are stored: run in DataLoader workers, so the training process never decodes."""
+    if sample.latents is None and hasattr(sample.frames, "preload"):
+        ref, motion, target = pick_frames(sample.frames.shape[0], spec, sample_generator(spec.seed, position))
+        sample.frames.preload([ref, *motion, *target])
+    return sample
+
+
 def pool_encoder(frames: torch.Tensor) -> torch.Tensor:
     """Test/debug stand-in for a VAE (`vae = "none"`): frames (N, 3, S, S) average-pooled 8x, their mean as a
     4th channel. Not a latent space any real checkpoint understands; only for tiny runs without a VAE."""

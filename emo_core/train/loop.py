@@ -10,7 +10,7 @@ import torch
 
 from .. import fastpath
 from . import order, sharding
-from .batches import build_batch
+from .batches import build_batch, preload_picked_frames
 
 log = logging.getLogger(__name__)
 
@@ -19,13 +19,28 @@ def _as_list(items):
     return items
 
 
-def _loader(dataset, cfg, accelerator, start: int):
+class _Picked(torch.utils.data.Dataset):
+    """dataset[(index, position)]: the sample with the frames its step picks already decoded (lazy frames), so the
+    workers decode and the training process only indexes."""
+
+    def __init__(self, dataset, spec):
+        self.dataset, self.spec = dataset, spec
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item):
+        index, position = item
+        return preload_picked_frames(self.dataset[index], position, self.spec)
+
+
+def _loader(dataset, cfg, accelerator, start: int, spec):
     """A DataLoader yielding this process's ClipSamples per micro step from `start` on (workers prefetch)."""
     rank, world, acc = accelerator.process_index, accelerator.num_processes, cfg.gradient_accumulation_steps
     plan = [order.positions(step, micro, cfg.batch_size, acc, rank, world)
             for step in range(start, cfg.max_steps) for micro in range(acc)]
-    sampler = [order.dataset_indices(p, cfg.seed, len(dataset)) for p in plan]
-    loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=_as_list,
+    sampler = [list(zip(order.dataset_indices(p, cfg.seed, len(dataset)), p)) for p in plan]
+    loader = torch.utils.data.DataLoader(_Picked(dataset, spec), batch_sampler=sampler, collate_fn=_as_list,
                                          num_workers=cfg.num_workers)
     return plan, loader
 
@@ -41,7 +56,7 @@ def run_loop(cfg, accelerator, model, optimizer, scheduler, ema, state, dataset,
     cfg.per_process_batch(accelerator.num_processes)
     encode, decode = codec
     net_cfg = accelerator.unwrap_model(model).net.config
-    plan, loader = _loader(dataset, cfg, accelerator, state.step)
+    plan, loader = _loader(dataset, cfg, accelerator, state.step, spec)
     bar = tqdm(total=cfg.max_steps, initial=state.step, desc=f"EMO {cfg.stage}", unit="step",
                disable=not accelerator.is_local_main_process)
     losses, running, started = {}, [], time.perf_counter()

@@ -123,7 +123,9 @@ def decode_image(data: bytes) -> np.ndarray:
 class FrameStack:
     """A sample's (L, 3, S, S) float32 frames in [-1, 1], decoded when indexed: a training step reads the n + f
     frames it picks (2 in stage 1) of a segment's L, and precomputed latents need none. Supports what the trainer
-    does with frames: `.shape`, `len()`, `[i]`, `[a:b]`, `[list of indices]`, and `.float()` (all of them)."""
+    does with frames: `.shape`, `len()`, `[i]`, `[a:b]`, `[list of indices]`, and `.float()` (all of them).
+    `preload(indices)` decodes those frames now and keeps them: a DataLoader worker does it for the frames the step
+    will pick, so the training process only indexes decoded frames (and a pickled stack carries them)."""
 
     def __init__(self, fields: dict[str, bytes]):
         if "frames.npy" in fields:  # raw layout: one array, nothing to save by decoding less
@@ -133,6 +135,16 @@ class FrameStack:
             self._raw, self._members = None, [fields[name] for name in frame_members(fields)]
             length, size = len(self._members), _image_size(self._members[0]) if self._members else 0
         self.shape = (length, 3, size, size)
+        self._decoded: dict[int, np.ndarray] = {}
+
+    def preload(self, indices) -> None:
+        for i in indices:
+            if self._raw is None and int(i) not in self._decoded:
+                self._decoded[int(i)] = decode_image(self._members[int(i)])
+
+    def _image(self, i: int) -> np.ndarray:
+        found = self._decoded.get(i if i >= 0 else i + self.shape[0])
+        return found if found is not None else decode_image(self._members[i])
 
     def __len__(self) -> int:
         return self.shape[0]
@@ -144,7 +156,7 @@ class FrameStack:
         if self._raw is not None:
             uint8 = self._raw[list(picks)]
         else:
-            uint8 = np.stack([decode_image(self._members[i]) for i in picks]) if len(picks) else \
+            uint8 = np.stack([self._image(i) for i in picks]) if len(picks) else \
                 np.zeros((0, self.shape[2], self.shape[3], 3), np.uint8)
         return to_unit_range(uint8)
 
