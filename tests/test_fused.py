@@ -9,7 +9,7 @@ from torch import nn
 from torch.testing import assert_close
 
 from emo_core import fastpath
-from emo_core.models import feedforward, fused
+from emo_core.models import feedforward, fused, fused_conv
 from emo_core.models.attention import self_attention
 from emo_core.models.motion import TemporalAttention
 
@@ -102,10 +102,10 @@ def test_upsample_conv_by_parity_equals_diffusers_upsample(size):
     up = Upsample2D(6, use_conv=True, out_channels=5).double()
     x = torch.randn(3, 6, *size, dtype=torch.float64)
     with torch.no_grad():
-        assert fused.can_upsample_conv(up, x, None)
-        assert fused.can_upsample_conv(up, x, (2 * size[0], 2 * size[1]))
-        assert not fused.can_upsample_conv(up, x, (2 * size[0] + 1, 2 * size[1]))  # odd target: diffusers' path
-        assert_close(fused.upsample_conv(up, x), up(x), atol=1e-12, rtol=1e-12)
+        assert fused_conv.can_upsample_conv(up, x, None)
+        assert fused_conv.can_upsample_conv(up, x, (2 * size[0], 2 * size[1]))
+        assert not fused_conv.can_upsample_conv(up, x, (2 * size[0] + 1, 2 * size[1]))  # odd target: diffusers' path
+        assert_close(fused_conv.upsample_conv(up, x), up(x), atol=1e-12, rtol=1e-12)
 
 
 def test_derived_weights_are_rebuilt_when_the_weights_change():
@@ -115,9 +115,9 @@ def test_derived_weights_are_rebuilt_when_the_weights_change():
     up = Upsample2D(4, use_conv=True, out_channels=4).double()
     x = torch.randn(2, 4, 3, 3, dtype=torch.float64)
     with torch.no_grad():
-        fused.upsample_conv(up, x)
+        fused_conv.upsample_conv(up, x)
         up.conv.weight.mul_(2.0)  # an optimiser step or a load writes in place: the cached kernels must follow
-        assert_close(fused.upsample_conv(up, x), up(x), atol=1e-12, rtol=1e-12)
+        assert_close(fused_conv.upsample_conv(up, x), up(x), atol=1e-12, rtol=1e-12)
 
 
 def test_derived_weights_work_on_inference_tensors():
@@ -128,8 +128,8 @@ def test_derived_weights_work_on_inference_tensors():
     with torch.inference_mode():
         up = Upsample2D(4, use_conv=True, out_channels=4).double()
         x = torch.randn(2, 4, 3, 3, dtype=torch.float64)
-        assert fused.can_upsample_conv(up, x, None)
-        assert_close(fused.upsample_conv(up, x), up(x), atol=1e-12, rtol=1e-12)
+        assert fused_conv.can_upsample_conv(up, x, None)
+        assert_close(fused_conv.upsample_conv(up, x), up(x), atol=1e-12, rtol=1e-12)
 
 
 def test_context_fold_equals_the_identity_cross_attention():
@@ -180,3 +180,15 @@ def test_motion_constants_give_the_joined_temporal_module(attention_blocks, spee
     assert fast.shape == plain.shape == x.shape
     assert_close(fast, plain, atol=1e-12, rtol=1e-12)
     assert_close(joined, plain, atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("queries, keys", [(5, 5), (4, 7), (6, fused.SHORT_KEYS + 3)])
+def test_attention_on_projections_equals_sdpa_over_split_heads(queries, keys):
+    """Per-head GEMMs on strided views (short keys) and SDPA (long keys) both equal diffusers' head split."""
+    torch.manual_seed(9)
+    heads, dim = 3, 4
+    q = torch.randn(6, queries, heads * dim, dtype=torch.float64)
+    k, v = (torch.randn(6, keys, heads * dim, dtype=torch.float64) for _ in range(2))
+    split = lambda t: t.reshape(6, -1, heads, dim).transpose(1, 2)  # noqa: E731
+    want = F.scaled_dot_product_attention(split(q), split(k), split(v)).transpose(1, 2).reshape(6, queries, -1)
+    assert_close(fused.attention(q, k, v, heads), want, atol=1e-12, rtol=1e-12)

@@ -36,12 +36,14 @@ def attend(attn: Attention, hidden: torch.Tensor, key: torch.Tensor, value: torc
 def attend_projected(attn: Attention, q: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                      residual: torch.Tensor | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
     """`attend` with the queries (rows, L, inner) already projected too."""
-    rows, heads = q.shape[0], attn.heads
-    dim = q.shape[-1] // heads
-    q, k, v = (t.reshape(rows, -1, heads, dim).transpose(1, 2) for t in (q, key, value))
     fast = fused.active()
-    attended = (fused.sdpa if fast else F.scaled_dot_product_attention)(q, k, v)
-    attended = attended.transpose(1, 2).reshape(rows, -1, heads * dim).to(q.dtype)
+    if fast:
+        attended = fused.attention(q, key, value, attn.heads).to(q.dtype)
+    else:
+        rows, heads = q.shape[0], attn.heads
+        dim = q.shape[-1] // heads
+        q, k, v = (t.reshape(rows, -1, heads, dim).transpose(1, 2) for t in (q, key, value))
+        attended = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(rows, -1, heads * dim).to(q.dtype)
     if residual is not None and fast:
         return fused.linear_residual(attn.to_out[0], attended, residual, out)
     attended = attn.to_out[1](attn.to_out[0](attended))

@@ -15,7 +15,7 @@ from einops import rearrange
 from torch import nn
 
 from ..config import EmoNetConfig
-from . import fused
+from . import fused_conv
 from .attention import AudioModule, SpatialTransformer
 from .conditions import LayerInputs
 from .motion import MotionModule
@@ -104,6 +104,11 @@ class _LayerStack(nn.Module):
         return self.motion_keys[j] if self.apply_plain_motion and self.motion_keys else None
 
 
+def run_resnet(resnet: ResnetBlock2D, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+    """resnet(x, temb), through the fused kernels where they apply (models.fused_conv)."""
+    return fused_conv.resnet(resnet, x, temb) if fused_conv.can_resnet(resnet) else resnet(x, temb)
+
+
 def _resnet(cfg: EmoNetConfig, c_in: int, c_out: int, temb: int) -> ResnetBlock2D:
     u = cfg.unet
     return ResnetBlock2D(in_channels=c_in, out_channels=c_out, temb_channels=temb, eps=u.norm_eps,
@@ -123,10 +128,10 @@ class DownBlock(_LayerStack):
     def forward(self, x, temb, inputs: LayerInputs):
         skips = []
         for j, resnet in enumerate(self.resnets):
-            x = self._after_resnet(j, unflat(resnet(flat(x), temb), inputs.frames), inputs)
+            x = self._after_resnet(j, unflat(run_resnet(resnet, flat(x), temb), inputs.frames), inputs)
             skips.append(x)
         if self.downsamplers is not None:
-            x = unflat(self.downsamplers[0](flat(x)), inputs.frames)
+            x = unflat(fused_conv.downsample(self.downsamplers[0], flat(x)), inputs.frames)
             skips.append(x)
         return x, skips
 
@@ -139,9 +144,9 @@ class MidBlock(_LayerStack):
         self._build_layers(cfg, spec, [c], spec.motion)
 
     def forward(self, x, temb, inputs: LayerInputs):
-        x = unflat(self.resnets[0](flat(x), temb), inputs.frames)
+        x = unflat(run_resnet(self.resnets[0], flat(x), temb), inputs.frames)
         x = self._after_resnet(0, x, inputs)
-        return unflat(self.resnets[1](flat(x), temb), inputs.frames)
+        return unflat(run_resnet(self.resnets[1], flat(x), temb), inputs.frames)
 
 
 class UpBlock(_LayerStack):
@@ -161,9 +166,10 @@ class UpBlock(_LayerStack):
         skips = list(skips)  # popped below; gradient checkpointing re-runs forward on the caller's list
         for j, resnet in enumerate(self.resnets):
             x = torch.cat([x, skips.pop()], dim=1)
-            x = self._after_resnet(j, unflat(resnet(flat(x), temb), inputs.frames), inputs)
+            x = self._after_resnet(j, unflat(run_resnet(resnet, flat(x), temb), inputs.frames), inputs)
         if self.upsamplers is not None:
             up, x = self.upsamplers[0], flat(x)
-            x = fused.upsample_conv(up, x) if fused.can_upsample_conv(up, x, size) else up(x, output_size=size)
+            fast = fused_conv.can_upsample_conv(up, x, size)
+            x = fused_conv.upsample_conv(up, x) if fast else up(x, output_size=size)
             x = unflat(x, inputs.frames)
         return x
