@@ -11,7 +11,8 @@ per-clip caches off (`emo_core.fastpath.enabled(False)`), "fast" with them on; b
 clip (`--clip`) is a whole `generate` of one clip: ReferenceNet on the reference and the motion frames, the
 per-clip caches, `--clip-steps` steps (default `--steps`). CPU seconds are the process's (all threads); the
 ratio fast / plain is the figure. Each mode gets an untimed warm-up, then the modes alternate and the medians
-are printed.
+are printed, with the median of each round's fast / plain CPU ratio (neighbouring runs: robust to a machine
+whose speed drifts).
 """
 from __future__ import annotations
 
@@ -57,15 +58,20 @@ def clock(fn) -> tuple[float, float, object]:
 
 
 def interleaved(modes: dict, repeats: int) -> dict:
-    """{mode: (median wall, median CPU, last result)}: one untimed warm-up each, then the modes alternate, so
-    a machine that slows down or speeds up during the run does not favour one of them."""
+    """{mode: (median wall, median CPU, last result, per-round CPU ratios)}: one untimed warm-up each, then the
+    modes alternate, so a machine that slows down or speeds up during the run does not favour one of them. The
+    ratios are each round's CPU seconds over the first mode's in the same round (None for the first mode): on a
+    shared machine whose speed drifts by tens of percent within minutes, neighbouring runs compare better than
+    medians taken apart."""
     for fn in modes.values():
         fn()
     runs = {mode: [] for mode in modes}
     for _ in range(repeats):
         for mode, fn in modes.items():
             runs[mode].append(clock(fn))
-    return {mode: (statistics.median(r[0] for r in rs), statistics.median(r[1] for r in rs), rs[-1][2])
+    first = runs[next(iter(modes))]
+    return {mode: (statistics.median(r[0] for r in rs), statistics.median(r[1] for r in rs), rs[-1][2],
+                   None if rs is first else [r[1] / f[1] for r, f in zip(rs, first)])
             for mode, rs in runs.items()}
 
 
@@ -134,11 +140,13 @@ def main() -> None:
     for what, table in (("step", results), (f"clip ({clip_steps} steps)", clips)):
         if not table:
             continue
-        base_wall, base_cpu, base_out = table["plain"]
-        for mode, (wall, cpu, out) in table.items():
+        base_wall, base_cpu, base_out, _ = table["plain"]
+        for mode, (wall, cpu, out, ratios) in table.items():
             diff = (out.float() - base_out.float()).abs().max().item()
+            rounds = "" if not ratios else (f"; per round x{statistics.median(ratios):.3f} CPU (median of "
+                                            f"{len(ratios)}, {min(ratios):.3f}-{max(ratios):.3f})")
             print(f"{what:>16} {mode:>14}: {wall:7.2f} s wall, {cpu:7.2f} s CPU  (x{wall / base_wall:.2f} wall, "
-                  f"x{cpu / base_cpu:.2f} CPU)  max |diff| vs plain {diff:.2e}")
+                  f"x{cpu / base_cpu:.2f} CPU{rounds})  max |diff| vs plain {diff:.2e}")
 
 
 if __name__ == "__main__":
