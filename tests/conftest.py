@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import warnings
 from pathlib import Path
 
 import pytest
@@ -36,6 +38,28 @@ LONG_MODULES = ("test_train_synthetic.py", "test_compile.py", "test_train.py", "
 
 def pytest_collection_modifyitems(config, items):
     items.sort(key=lambda item: item.path.name not in LONG_MODULES)  # stable: the order inside a module stays
+
+
+_LAST_TEST = {"id": None}
+
+
+@pytest.fixture(autouse=True)
+def _python_ctrl_c():
+    """Every test starts with Python's own SIGINT handler. The Ctrl-C tests need it: `_thread.interrupt_main`
+    does nothing without it, and a command started while SIGINT is ignored inherits the ignore and cannot be
+    interrupted. Once in CI (two xdist workers) a test in the same worker left SIGINT changed (which one is not
+    known yet): the handler is put back, with a warning naming the test that ran before."""
+    handler = signal.getsignal(signal.SIGINT)
+    if handler is not signal.default_int_handler:
+        warnings.warn(f"SIGINT handler was {handler!r} after {_LAST_TEST['id']}; Python's default put back")
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+
+
+@pytest.fixture(autouse=True)
+def _remember_test(request):
+    yield
+    _LAST_TEST["id"] = request.node.nodeid
 
 
 def fixtures_missing(why: str):
