@@ -47,8 +47,8 @@ _LAST_TEST = {"id": None}
 def _python_ctrl_c():
     """Every test starts with Python's own SIGINT handler. The Ctrl-C tests need it: `_thread.interrupt_main`
     does nothing without it, and a command started while SIGINT is ignored inherits the ignore and cannot be
-    interrupted. Once in CI (two xdist workers) a test in the same worker left SIGINT changed (which one is not
-    known yet): the handler is put back, with a warning naming the test that ran before."""
+    interrupted. In CI an xdist worker process started with SIGINT ignored (the warning said so before its first
+    test): the handler is put back, with a warning naming the test that ran before, if any."""
     handler = signal.getsignal(signal.SIGINT)
     if handler is not signal.default_int_handler:
         warnings.warn(f"SIGINT handler was {handler!r} after {_LAST_TEST['id']}; Python's default put back")
