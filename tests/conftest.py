@@ -44,7 +44,7 @@ _LAST_TEST = {"id": None}
 
 
 @pytest.fixture(autouse=True)
-def _python_ctrl_c():
+def _python_ctrl_c(request):
     """Every test starts with Python's own SIGINT handler. The Ctrl-C tests need it: `_thread.interrupt_main`
     does nothing without it, and a command started while SIGINT is ignored inherits the ignore and cannot be
     interrupted. In CI an xdist worker process started with SIGINT ignored (the warning said so before its first
@@ -53,11 +53,6 @@ def _python_ctrl_c():
     if handler is not signal.default_int_handler:
         warnings.warn(f"SIGINT handler was {handler!r} after {_LAST_TEST['id']}; Python's default put back")
         signal.signal(signal.SIGINT, signal.default_int_handler)
-    yield
-
-
-@pytest.fixture(autouse=True)
-def _remember_test(request):
     yield
     _LAST_TEST["id"] = request.node.nodeid
 
