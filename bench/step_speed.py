@@ -95,6 +95,7 @@ def main() -> None:
     p.add_argument("--clip", action="store_true", help="also time a whole clip (ReferenceNet included)")
     p.add_argument("--clip-steps", type=int, default=0,
                    help="denoising steps of the timed clip (default --steps; Hallo renders with 40)")
+    p.add_argument("--clip-rounds", type=int, default=1, help="timed clips per mode (after one untimed each)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -136,7 +137,7 @@ def main() -> None:
             step()
         print(f"compile + first step: {time.perf_counter() - start:.1f} s")
         results.update(interleaved({"fast+compiled": in_mode(step, True)}, args.steps))
-    clips = interleaved({"plain": in_mode(clip, False), "fast": in_mode(clip, True)}, 1) if args.clip else {}
+    clips = interleaved({"plain": in_mode(clip, False), "fast": in_mode(clip, True)}, args.clip_rounds) if args.clip else {}
     for what, table in (("step", results), (f"clip ({clip_steps} steps)", clips)):
         if not table:
             continue
