@@ -136,8 +136,8 @@ def _parity_kernels(weight: torch.Tensor) -> list[list[torch.Tensor]]:
 
 # Winograd F(2x2, 3x3) (Lavin and Gray, arXiv 1509.09308): each 2x2 output tile from a 4x4 input tile with 16
 # multiplies per channel pair instead of 36. The transforms only add, subtract and halve, so the result agrees
-# with the direct convolution to float rounding. Y = A^T [(G g G^T) * (B^T d B)] A.
-_BT = ((1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1))
+# with the direct convolution to float rounding. Y = A^T [(G g G^T) * (B^T d B)] A, with B^T's rows
+# (1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1) applied as additions (`_combine`).
 _G = ((1, 0, 0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0, 0, 1))
 _AT = ((1, 1, 1, 0), (0, 1, -1, -1))
 WINOGRAD_PIXELS = 16  # output pixels per image up to which 3x3 convolutions run as Winograd on CPU
@@ -149,9 +149,10 @@ _KEPT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # conv module ->
 def winograd_applies(x: torch.Tensor, weight: torch.Tensor, stride, padding) -> bool:
     """A float32/64 3x3 stride-1 'same' convolution on CPU of even-sized maps with more than SMALL_PIXELS and at
     most WINOGRAD_PIXELS pixels. Measured (one thread, 32 images, filters kept): 1280->1280 at 4x4 213 -> 111 ms,
-    2560->1280 479 -> 190 ms; in the whole 128 px step the 4x4 level gains and the 8x8 level does not (its wider
-    tiles cost more memory traffic than the multiply-adds saved: 640->640 at 8x8 is 138 vs 106 ms alone, but no
-    faster in the step), and at 16x16 the transforms already cost what they save (180 vs 186 ms)."""
+    2560->1280 479 -> 190 ms. Alone, 8x8 and 16x16 maps gain too (640->640 at 8x8 130 -> 86 ms; 320->320 at
+    16x16 201 -> 146 ms in one run, 180 vs 186 ms in another), but the whole 128 px step with them was no faster
+    (x0.809 vs x0.806 of the plain step, per-round medians of 5), and at 512 px they would take the whole filter
+    budget for the two lowest levels: they stay oneDNN's."""
     h, w = x.shape[-2:]
     return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and weight.shape[-2:] == (3, 3)
             and tuple(stride) == (1, 1) and tuple(padding) == (1, 1) and h % 2 == 0 and w % 2 == 0
