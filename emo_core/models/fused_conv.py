@@ -5,8 +5,8 @@ same maths and fewer passes (inference only, like `fused`).
   the unfolded input (im2col). oneDNN handles such maps badly: at 128 px the UNet's lowest level is 2x2, where
   (one thread) a 1280->1280 3x3 convolution of 32 images takes 96 ms as a convolution and 62 ms as a GEMM,
   2560->1280 318 vs 91 ms, and the 4x4->2x2 stride-2 downsampler 132 vs 55 ms; at 4x4 and larger oneDNN is
-  faster (1280 channels at 4x4: 154 vs 208 ms), so those stay convolutions. The GEMM also multiplies the zero
-  padding, like the convolution; the order of the sums differs, so results agree to float rounding.
+  faster than im2col (1280 channels at 4x4: 154 vs 208 ms), so im2col stops there. The GEMM also multiplies the
+  zero padding, like the convolution; the order of the sums differs, so results agree to float rounding.
 - `winograd`: a 3x3 "same" convolution of maps with 5 to 16 pixels (4x4 at 128 px and 256 px) runs on CPU as
   Winograd F(2x2, 3x3): 16 instead of 36 multiply-adds per 2x2 output tile and channel pair, as 16 GEMMs, plus
   additions on the input and output tiles. It needs the filters transformed (16/9 the weight's size); doing that
