@@ -75,6 +75,14 @@ def interleaved(modes: dict, repeats: int) -> dict:
             for mode, rs in runs.items()}
 
 
+def quartiles(values: list[float]) -> str:
+    """', quartiles a-b' for four values or more, else ''."""
+    if len(values) < 4:
+        return ""
+    low, _, high = statistics.quantiles(values, n=4)
+    return f", quartiles {low:.3f}-{high:.3f}"
+
+
 def main() -> None:
     import torch
 
@@ -145,7 +153,8 @@ def main() -> None:
         for mode, (wall, cpu, out, ratios) in table.items():
             diff = (out.float() - base_out.float()).abs().max().item()
             rounds = "" if not ratios else (f"; per round x{statistics.median(ratios):.3f} CPU (median of "
-                                            f"{len(ratios)}, {min(ratios):.3f}-{max(ratios):.3f})")
+                                            f"{len(ratios)}, {min(ratios):.3f}-{max(ratios):.3f}"
+                                            f"{quartiles(ratios)})")
             print(f"{what:>16} {mode:>14}: {wall:7.2f} s wall, {cpu:7.2f} s CPU  (x{wall / base_wall:.2f} wall, "
                   f"x{cpu / base_cpu:.2f} CPU{rounds})  max |diff| vs plain {diff:.2e}")
 

@@ -10,6 +10,7 @@ from torch.testing import assert_close
 
 from emo_core import fastpath
 from emo_core.models import feedforward, fused, fused_conv
+from emo_core.models import attention
 from emo_core.models.attention import self_attention
 from emo_core.models.motion import TemporalAttention
 
@@ -192,3 +193,26 @@ def test_attention_on_projections_equals_sdpa_over_split_heads(queries, keys):
     split = lambda t: t.reshape(6, -1, heads, dim).transpose(1, 2)  # noqa: E731
     want = F.scaled_dot_product_attention(split(q), split(k), split(v)).transpose(1, 2).reshape(6, queries, -1)
     assert_close(fused.attention(q, k, v, heads), want, atol=1e-12, rtol=1e-12)
+
+
+@pytest.mark.parametrize("size", [(8, 8), (16, 6), (4, 4), (2, 6)])
+def test_token_layout_in_and_out_equals_the_1x1_convolutions(size, monkeypatch):
+    """proj_in / proj_out of the spatial and audio modules: GEMMs on large-enough maps (no convolution), the
+    convolution below TOKEN_GEMM_PIXELS and on the plain path; the same values, contiguous tokens."""
+    torch.manual_seed(11)
+    proj_in, proj_out = nn.Conv2d(6, 10, 1).double(), nn.Conv2d(10, 6, 1).double()
+    x = torch.randn(3, 6, *size, dtype=torch.float64)
+    tokens = torch.randn(3, size[0] * size[1], 10, dtype=torch.float64)
+    with torch.no_grad(), fastpath.enabled(False):
+        want_in = proj_in(x).flatten(2).transpose(1, 2)
+        want_out = proj_out(tokens.transpose(1, 2).reshape(3, 10, *size)) + x
+        assert_close(attention.tokens_in(proj_in, x), want_in, atol=0, rtol=0)
+    calls, real = [], F.conv2d
+    monkeypatch.setattr(torch.nn.modules.conv.F, "conv2d", lambda *a, **k: calls.append(1) or real(*a, **k))
+    with torch.no_grad():
+        got_in, got_out = attention.tokens_in(proj_in, x), attention.tokens_out(proj_out, tokens, x)
+    gemm = size[0] * size[1] >= attention.TOKEN_GEMM_PIXELS
+    assert len(calls) == (0 if gemm else 2)
+    assert got_out.shape == x.shape and (got_in.is_contiguous() or not gemm)
+    assert_close(got_in, want_in, atol=1e-12, rtol=1e-12)
+    assert_close(got_out, want_out, atol=1e-12, rtol=1e-12)

@@ -46,7 +46,7 @@ def test_float32_gemm_convolution_agrees_to_rounding():
 
 
 @pytest.mark.parametrize("c_in, c_out, size", [(8, 8, (2, 2)), (12, 8, (2, 2)), (8, 8, (6, 5)), (8, 12, (1, 1)),
-                                                (8, 8, (4, 4)), (12, 8, (2, 6))])
+                                                (8, 8, (4, 4)), (12, 8, (2, 6)), (12, 8, (8, 8))])
 @pytest.mark.parametrize("scale, skip_time_act", [(1.0, False), (2.0, True)])
 def test_fused_resnet_equals_diffusers_and_leaves_its_input_alone(c_in, c_out, size, scale, skip_time_act):
     torch.manual_seed(2)
@@ -88,7 +88,7 @@ def test_fused_downsample_equals_diffusers(size, monkeypatch):
     assert len(calls) == (0 if want.shape[-1] * want.shape[-2] <= fused_conv.SMALL_PIXELS else 1)
 
 
-@pytest.mark.parametrize("size", [(4, 4), (2, 4), (6, 2), (2, 8)])
+@pytest.mark.parametrize("size", [(4, 4), (2, 4), (6, 2), (2, 8), (8, 8), (6, 10)])
 def test_winograd_convolutions_equal_conv2d_without_calling_it(size, monkeypatch):
     torch.manual_seed(4)
     x = torch.randn(3, 6, *size, dtype=torch.float64)
@@ -110,7 +110,7 @@ def test_winograd_convolutions_equal_conv2d_without_calling_it(size, monkeypatch
 
 @pytest.mark.parametrize("size, kernel, stride, padding, dtype", [
     ((5, 4), 3, 1, 1, torch.float64),  # odd rows: no 2x2 tiling
-    ((6, 4), 3, 1, 1, torch.float64),  # more pixels than WINOGRAD_PIXELS
+    ((10, 8), 3, 1, 1, torch.float64),  # more pixels than WINOGRAD_PIXELS
     ((6, 6), 3, 2, 1, torch.float64),  # strided
     ((6, 6), 3, 1, 0, torch.float64),  # not "same"
     ((4, 4), 1, 1, 0, torch.float64),  # 1x1

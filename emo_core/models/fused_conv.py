@@ -7,11 +7,11 @@ same maths and fewer passes (inference only, like `fused`).
   2560->1280 318 vs 91 ms, and the 4x4->2x2 stride-2 downsampler 132 vs 55 ms; at 4x4 and larger oneDNN is
   faster than im2col (1280 channels at 4x4: 154 vs 208 ms), so im2col stops there. The GEMM also multiplies the
   zero padding, like the convolution; the order of the sums differs, so results agree to float rounding.
-- `winograd`: a 3x3 "same" convolution of maps with 5 to 16 pixels (4x4 at 128 px and 256 px) runs on CPU as
-  Winograd F(2x2, 3x3): 16 instead of 36 multiply-adds per 2x2 output tile and channel pair, as 16 GEMMs, plus
-  additions on the input and output tiles. It needs the filters transformed (16/9 the weight's size); doing that
-  on every call costs about what it saves here, so `kept_filters` keeps them, up to WINOGRAD_CACHE_BYTES for all
-  modules together; past that the convolutions stay oneDNN's.
+- `winograd`: a 3x3 "same" convolution of maps with 5 to 64 pixels (4x4 and 8x8) runs on CPU as Winograd
+  F(2x2, 3x3): 16 instead of 36 multiply-adds per 2x2 output tile and channel pair, as 16 GEMMs, plus additions on
+  the input and output tiles. It needs the filters transformed (16/9 the weight's size); doing that on every call
+  costs about what it saves at 4x4, so `kept_filters` keeps them, up to WINOGRAD_CACHE_BYTES for all modules
+  together; past that the convolutions stay oneDNN's. At 16x16 the transforms cost more than the GEMMs save.
 - `resnet`: ResnetBlock2D with SiLU in place on the GroupNorm outputs, the time embedding added in place and the
   shortcut added into the second convolution's result (no division by an output scale factor of 1).
 - `upsample_conv`: nearest 2x upsampling then a 3x3 convolution (diffusers' Upsample2D) as four 2x2
@@ -140,19 +140,17 @@ def _parity_kernels(weight: torch.Tensor) -> list[list[torch.Tensor]]:
 # (1, 0, -1, 0), (0, 1, 1, 0), (0, -1, 1, 0), (0, 1, 0, -1) applied as additions (`_combine`).
 _G = ((1, 0, 0), (0.5, 0.5, 0.5), (0.5, -0.5, 0.5), (0, 0, 1))
 _AT = ((1, 1, 1, 0), (0, 1, -1, -1))
-WINOGRAD_PIXELS = 16  # output pixels per image up to which 3x3 convolutions run as Winograd on CPU
-WINOGRAD_CACHE_BYTES = 2 ** 30  # the most memory all kept Winograd filters may take (16/9 of their weights):
-# full-size Hallo at 128 px would keep 1.26 GB at its 4x4 level; 1 GiB covers all but two of those convolutions
+WINOGRAD_PIXELS = 64  # output pixels per image up to which 3x3 convolutions run as Winograd on CPU
+WINOGRAD_CACHE_BYTES = 2 ** 31  # the most memory all kept Winograd filters may take (16/9 of their weights):
+# full-size Hallo keeps 1.60 GB at 128 px (1.26 at 4x4, 0.34 at 8x8); at 256 px it asks for 3.04 GB, 2 GiB are kept
 _KEPT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # conv module -> bytes of its kept filters
 
 
 def winograd_applies(x: torch.Tensor, weight: torch.Tensor, stride, padding) -> bool:
     """A float32/64 3x3 stride-1 'same' convolution on CPU of even-sized maps with more than SMALL_PIXELS and at
-    most WINOGRAD_PIXELS pixels. Measured (one thread, 32 images, filters kept): 1280->1280 at 4x4 213 -> 111 ms,
-    2560->1280 479 -> 190 ms. Alone, 8x8 and 16x16 maps gain too (640->640 at 8x8 130 -> 86 ms; 320->320 at
-    16x16 201 -> 146 ms in one run, 180 vs 186 ms in another), but the whole 128 px step with them was no faster
-    (x0.809 vs x0.806 of the plain step, per-round medians of 5), and at 512 px they would take the whole filter
-    budget for the two lowest levels: they stay oneDNN's."""
+    most WINOGRAD_PIXELS pixels. Measured (one thread, 32 images, filters kept, against oneDNN): 1280->1280 at 4x4
+    213 -> 111 ms, 2560->1280 479 -> 190 ms; 640->640 at 8x8 150 -> 116 ms, 1920->640 405 -> 255 ms. At 16x16 the
+    tile transforms, four times the input's size, outweigh the saved multiply-adds (320->320: 180 -> 210 ms)."""
     h, w = x.shape[-2:]
     return (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64) and weight.shape[-2:] == (3, 3)
             and tuple(stride) == (1, 1) and tuple(padding) == (1, 1) and h % 2 == 0 and w % 2 == 0
